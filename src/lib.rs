@@ -1,0 +1,18 @@
+//! eventline: a message broker that speaks the NATS client protocol.
+//!
+//! # Layout
+//! Arrows point down only: each layer uses the ones below it, never above.
+//! - [`server`]: the tokio accept loop; per connection a reader task (bytes -> ops) and a
+//!   writer task (queued messages -> coalesced socket writes). Nothing else.
+//! - [`broker`]: the service's state machine: sessions, subscriptions, routing, the
+//!   bounded outbound queues. No sockets, no parsing.
+//! - [`protocol`]: the nom parser and the encoder of NATS ops. No I/O.
+//! - [`subject`]: subject validation, wildcard matching and the subscription trie.
+//! - [`bench`]: the `eventline bench` load tool, a protocol client for any NATS server.
+#![deny(unsafe_code)]
+
+pub mod bench;
+pub mod broker;
+pub mod protocol;
+pub mod server;
+pub mod subject;

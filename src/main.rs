@@ -1,0 +1,111 @@
+//! The `eventline` binary: parses arguments, starts things, nothing else.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use eventline::broker::{Broker, BrokerConfig, DEFAULT_MAX_PENDING};
+use eventline::protocol::DEFAULT_MAX_PAYLOAD;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "eventline", version, about = "A NATS-compatible broker that keeps every event")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve(ServeArgs),
+    /// Load-test any NATS-protocol server (eventline or nats-server).
+    Bench(eventline::bench::BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on; 0 picks a free one (the bound address is printed on stdout).
+    #[arg(long, default_value_t = 4222)]
+    port: u16,
+    /// Data directory (the event log lives here).
+    #[arg(long, default_value = "./data")]
+    data: PathBuf,
+    /// Largest message payload (headers + body) in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_PAYLOAD)]
+    max_payload: usize,
+    /// Unsent bytes a connection may have queued before it is cut as a slow consumer.
+    #[arg(long, default_value_t = DEFAULT_MAX_PENDING)]
+    max_pending: usize,
+    /// Seconds between server PINGs to an idle client; two unanswered close it.
+    #[arg(long, default_value_t = 120)]
+    ping_interval: u64,
+    /// Log filter: error, warn, info, debug, trace (or a tracing directive).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("eventline: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Bench(args) => runtime.block_on(eventline::bench::run(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("eventline: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt().with_env_filter(EnvFilter::try_new(&args.log_level)?).with_writer(std::io::stderr).init();
+    let listener = TcpListener::bind((args.host.as_str(), args.port)).await?;
+    let address: SocketAddr = listener.local_addr()?;
+    let broker = Arc::new(Broker::new(BrokerConfig {
+        max_payload: args.max_payload,
+        max_pending: args.max_pending,
+        ping_interval: Duration::from_secs(args.ping_interval.max(1)),
+        ..BrokerConfig::default()
+    }));
+    tracing::info!(%address, data = %args.data.display(), "eventline listening");
+    // One stdout line with the bound address, so scripts and tests can find a port-0 server.
+    println!("listening on {address}");
+    eventline::server::run(listener, broker, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => return interrupt.await.unwrap_or(()),
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,66 @@
+//! Writing server ops into the connection's write buffer.
+//!
+//! Message deliveries are encoded here, by the connection's writer, straight from the
+//! shared `Bytes` of the published message: the fan-out path only clones handles, and the
+//! one copy of a payload per subscriber is this write into the socket buffer.
+
+use bytes::{BufMut, BytesMut};
+
+use super::ServerOp;
+
+/// Appends one non-message op.
+pub fn server_op(op: &ServerOp, dst: &mut BytesMut) {
+    match op {
+        ServerOp::Info(info) => {
+            dst.put_slice(b"INFO ");
+            // Serialising a plain struct of strings and numbers cannot fail.
+            let json = serde_json::to_vec(info).unwrap_or_default();
+            dst.put_slice(&json);
+            // nats-server ends INFO with a space before the CRLF; kept byte for byte.
+            dst.put_slice(b" \r\n");
+        }
+        ServerOp::Ok => dst.put_slice(b"+OK\r\n"),
+        ServerOp::Err(text) => {
+            dst.put_slice(b"-ERR '");
+            dst.put_slice(text.as_bytes());
+            dst.put_slice(b"'\r\n");
+        }
+        ServerOp::Ping => dst.put_slice(b"PING\r\n"),
+        ServerOp::Pong => dst.put_slice(b"PONG\r\n"),
+    }
+}
+
+/// Appends `MSG <subject> <sid> [reply] <size>` or, when `headers` is present,
+/// `HMSG <subject> <sid> [reply] <header size> <total size>`, then the payload.
+pub fn msg(
+    dst: &mut BytesMut,
+    subject: &[u8],
+    sid: &[u8],
+    reply: Option<&[u8]>,
+    headers: Option<&[u8]>,
+    payload: &[u8],
+) {
+    let mut numbers = itoa::Buffer::new();
+    let header_len = headers.map_or(0, <[u8]>::len);
+    dst.reserve(subject.len() + sid.len() + reply.map_or(0, <[u8]>::len) + header_len + payload.len() + 40);
+    dst.put_slice(if headers.is_some() { b"HMSG " } else { b"MSG " });
+    dst.put_slice(subject);
+    dst.put_u8(b' ');
+    dst.put_slice(sid);
+    dst.put_u8(b' ');
+    if let Some(reply) = reply {
+        dst.put_slice(reply);
+        dst.put_u8(b' ');
+    }
+    if headers.is_some() {
+        dst.put_slice(numbers.format(header_len).as_bytes());
+        dst.put_u8(b' ');
+    }
+    dst.put_slice(numbers.format(header_len + payload.len()).as_bytes());
+    dst.put_slice(b"\r\n");
+    if let Some(headers) = headers {
+        dst.put_slice(headers);
+    }
+    dst.put_slice(payload);
+    dst.put_slice(b"\r\n");
+}

@@ -1,0 +1,163 @@
+//! Test harness: a real eventline server on a port-0 listener, and a raw line client that
+//! reads like a telnet session. Every network wait is under [`TIMEOUT`].
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventline::broker::{Broker, BrokerConfig};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The longest any single network wait in a test may take.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running server, stopped by [`TestServer::stop`] (or when the test's runtime ends).
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::with_config(BrokerConfig::default()).await
+    }
+
+    pub async fn with_config(config: BrokerConfig) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let broker = Arc::new(Broker::new(config));
+        let task = tokio::spawn(eventline::server::run(listener, broker, async {
+            let _ = stopped.await;
+        }));
+        TestServer { addr, stop: Some(stop), task }
+    }
+
+    /// The `nats://` URL for async-nats.
+    pub fn url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let result = tokio::time::timeout(TIMEOUT, &mut self.task).await.expect("server stops in time");
+        result.expect("server task").expect("server run");
+    }
+}
+
+/// A raw protocol client: writes lines, reads lines, as a person with telnet would.
+pub struct Raw {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Raw {
+    /// Connects and consumes the INFO line.
+    pub async fn connect(addr: SocketAddr) -> Raw {
+        let mut raw = Raw::connect_keep_info(addr).await;
+        let info = raw.line().await;
+        assert!(info.starts_with("INFO {"), "expected INFO, got {info:?}");
+        raw
+    }
+
+    /// Connects without reading anything.
+    pub async fn connect_keep_info(addr: SocketAddr) -> Raw {
+        let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let (read, writer) = stream.into_split();
+        Raw { reader: BufReader::new(read), writer }
+    }
+
+    /// Connects, sends `CONNECT` with the given JSON and syncs with PING/PONG.
+    pub async fn connect_with(addr: SocketAddr, connect_json: &str) -> Raw {
+        let mut raw = Raw::connect(addr).await;
+        raw.send(&format!("CONNECT {connect_json}\r\nPING\r\n")).await;
+        raw.expect("PONG").await;
+        raw
+    }
+
+    /// Connects quietly (`verbose` and `pedantic` off, as client libraries do).
+    pub async fn quiet(addr: SocketAddr) -> Raw {
+        Raw::connect_with(addr, r#"{"verbose":false,"pedantic":false}"#).await
+    }
+
+    pub async fn send(&mut self, text: &str) {
+        self.send_bytes(text.as_bytes()).await;
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        tokio::time::timeout(TIMEOUT, self.writer.write_all(bytes))
+            .await
+            .expect("write in time")
+            .expect("write");
+    }
+
+    /// The next line, without its CRLF.
+    pub async fn line(&mut self) -> String {
+        let mut line = String::new();
+        let n = tokio::time::timeout(TIMEOUT, self.reader.read_line(&mut line))
+            .await
+            .expect("a line arrives in time")
+            .expect("read");
+        assert!(n > 0, "connection closed while a line was expected");
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    }
+
+    /// Reads the next line and asserts it equals `expected`.
+    pub async fn expect(&mut self, expected: &str) {
+        let line = self.line().await;
+        assert_eq!(line, expected);
+    }
+
+    /// Reads one line per entry and asserts each.
+    pub async fn expect_lines(&mut self, lines: &[&str]) {
+        for expected in lines {
+            self.expect(expected).await;
+        }
+    }
+
+    /// Sends PING and reads up to its PONG, returning every line before it.
+    pub async fn sync(&mut self) -> Vec<String> {
+        self.send("PING\r\n").await;
+        let mut before = Vec::new();
+        loop {
+            let line = self.line().await;
+            if line == "PONG" {
+                return before;
+            }
+            before.push(line);
+        }
+    }
+
+    /// Asserts the server closes the connection with nothing more to read.
+    pub async fn expect_closed(&mut self) {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(TIMEOUT, self.reader.read_to_end(&mut rest))
+            .await
+            .expect("connection closes in time");
+        // A reset instead of a clean FIN also means closed.
+        if read.is_ok() {
+            assert!(rest.is_empty(), "unexpected bytes before close: {:?}", String::from_utf8_lossy(&rest));
+        }
+    }
+
+    /// Reads exactly `n` bytes (a payload and its CRLF, say).
+    pub async fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        tokio::time::timeout(TIMEOUT, self.reader.read_exact(&mut buf))
+            .await
+            .expect("bytes arrive in time")
+            .expect("read");
+        buf
+    }
+}
