@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use eventline::broker::{Broker, BrokerConfig, DEFAULT_MAX_PENDING};
+use eventline::broker::{Broker, BrokerConfig, DEFAULT_MAX_PENDING, DEFAULT_PING_INTERVAL};
 use eventline::protocol::DEFAULT_MAX_PAYLOAD;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -45,7 +45,7 @@ struct ServeArgs {
     #[arg(long, default_value_t = DEFAULT_MAX_PENDING)]
     max_pending: usize,
     /// Seconds between server PINGs to an idle client; two unanswered close it.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = DEFAULT_PING_INTERVAL.as_secs())]
     ping_interval: u64,
     /// Log filter: error, warn, info, debug, trace (or a tracing directive).
     #[arg(long, default_value = "info")]

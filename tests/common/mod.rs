@@ -70,10 +70,8 @@ impl Raw {
 
     /// Connects without reading anything.
     pub async fn connect_keep_info(addr: SocketAddr) -> Raw {
-        let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr))
-            .await
-            .expect("connect in time")
-            .expect("connect");
+        let stream =
+            tokio::time::timeout(TIMEOUT, TcpStream::connect(addr)).await.expect("connect in time").expect("connect");
         let (read, writer) = stream.into_split();
         Raw { reader: BufReader::new(read), writer }
     }
@@ -96,10 +94,7 @@ impl Raw {
     }
 
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
-        tokio::time::timeout(TIMEOUT, self.writer.write_all(bytes))
-            .await
-            .expect("write in time")
-            .expect("write");
+        tokio::time::timeout(TIMEOUT, self.writer.write_all(bytes)).await.expect("write in time").expect("write");
     }
 
     /// The next line, without its CRLF.
@@ -142,9 +137,8 @@ impl Raw {
     /// Asserts the server closes the connection with nothing more to read.
     pub async fn expect_closed(&mut self) {
         let mut rest = Vec::new();
-        let read = tokio::time::timeout(TIMEOUT, self.reader.read_to_end(&mut rest))
-            .await
-            .expect("connection closes in time");
+        let read =
+            tokio::time::timeout(TIMEOUT, self.reader.read_to_end(&mut rest)).await.expect("connection closes in time");
         // A reset instead of a clean FIN also means closed.
         if read.is_ok() {
             assert!(rest.is_empty(), "unexpected bytes before close: {:?}", String::from_utf8_lossy(&rest));
@@ -159,5 +153,59 @@ impl Raw {
             .expect("bytes arrive in time")
             .expect("read");
         buf
+    }
+
+    /// Reads and discards everything until the server closes the connection (a FIN or a
+    /// reset), returning how many bytes arrived first.
+    pub async fn read_to_close(&mut self) -> usize {
+        let mut total = 0;
+        let mut chunk = vec![0; 64 * 1024];
+        loop {
+            let read =
+                tokio::time::timeout(TIMEOUT, self.reader.read(&mut chunk)).await.expect("connection closes in time");
+            match read {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n,
+            }
+        }
+    }
+}
+
+/// Helpers for tests that look below the line level.
+impl Raw {
+    /// The next line with its line end (`\r\n` or `\n`) kept, to check framing byte for byte.
+    pub async fn line_bytes(&mut self) -> Vec<u8> {
+        let mut line = Vec::new();
+        let n = tokio::time::timeout(TIMEOUT, self.reader.read_until(b'\n', &mut line))
+            .await
+            .expect("a line arrives in time")
+            .expect("read");
+        assert!(n > 0, "connection closed while a line was expected");
+        line
+    }
+
+    /// Sends `bytes` one byte per write (Nagle off), so the server sees every split point.
+    pub async fn send_byte_by_byte(&mut self, bytes: &[u8]) {
+        self.writer.as_ref().set_nodelay(true).expect("set TCP_NODELAY");
+        for byte in bytes {
+            self.send_bytes(std::slice::from_ref(byte)).await;
+            tokio::time::timeout(TIMEOUT, self.writer.flush()).await.expect("flush in time").expect("flush");
+        }
+    }
+
+    /// Reads and discards everything until the server closes the connection (EOF or reset);
+    /// returns how many bytes were discarded. For a connection cut with unread data queued.
+    pub async fn drain_until_closed(&mut self) -> usize {
+        let mut chunk = vec![0; 64 * 1024];
+        let mut total = 0;
+        loop {
+            let read = tokio::time::timeout(TIMEOUT, self.reader.read(&mut chunk))
+                .await
+                .expect("connection closes in time");
+            match read {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n,
+            }
+        }
     }
 }
