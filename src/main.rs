@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use eventline::broker::{Broker, BrokerConfig, DEFAULT_MAX_PENDING, DEFAULT_PING_INTERVAL};
+use eventline::broker::{Broker, BrokerConfig, DEFAULT_MAX_PENDING, DEFAULT_PING_INTERVAL, DEFAULT_WRITE_DEADLINE};
 use eventline::protocol::DEFAULT_MAX_PAYLOAD;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -45,8 +45,11 @@ struct ServeArgs {
     #[arg(long, default_value_t = DEFAULT_MAX_PENDING)]
     max_pending: usize,
     /// Seconds between server PINGs to an idle client; two unanswered close it.
-    #[arg(long, default_value_t = DEFAULT_PING_INTERVAL.as_secs())]
-    ping_interval: u64,
+    #[arg(long, default_value_t = DEFAULT_PING_INTERVAL.as_secs_f64(), value_parser = seconds)]
+    ping_interval: f64,
+    /// Seconds a socket write may make no progress before the client is cut as a slow consumer.
+    #[arg(long, default_value_t = DEFAULT_WRITE_DEADLINE.as_secs_f64(), value_parser = seconds)]
+    write_deadline: f64,
     /// Log filter: error, warn, info, debug, trace (or a tracing directive).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -81,7 +84,8 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let broker = Arc::new(Broker::new(BrokerConfig {
         max_payload: args.max_payload,
         max_pending: args.max_pending,
-        ping_interval: Duration::from_secs(args.ping_interval.max(1)),
+        ping_interval: Duration::from_secs_f64(args.ping_interval),
+        write_deadline: Duration::from_secs_f64(args.write_deadline),
         ..BrokerConfig::default()
     }));
     tracing::info!(%address, data = %args.data.display(), "eventline listening");
@@ -90,6 +94,14 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     eventline::server::run(listener, broker, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A positive number of seconds, as a duration flag takes it.
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(secs),
+        _ => Err(format!("`{text}` is not a positive number of seconds")),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -20,7 +20,7 @@ use crate::protocol::{DEFAULT_MAX_PAYLOAD, Extensions, Info, Pub};
 use crate::subject::{Filter, Matches, Sublist};
 
 pub use error::BrokerError;
-pub use outbound::{CloseReason, Delivery, Outbound, Outgoing};
+pub use outbound::{CloseReason, Outbound, Pending, Pushed, SHARE_PAYLOADS_FROM};
 pub use session::Session;
 
 /// Default bound on a connection's unsent bytes before it is cut as a slow consumer
@@ -30,6 +30,11 @@ pub const DEFAULT_MAX_PENDING: usize = 64 * 1024 * 1024;
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(120);
 /// Unanswered PINGs after which a connection is closed as stale (nats-server's `max_pings_out`).
 pub const MAX_PINGS_OUT: u32 = 2;
+/// Default time a socket write may make no progress before the subscriber is cut as a slow
+/// consumer (nats-server's `write_deadline`).
+pub const DEFAULT_WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// Longest a publisher pauses for one lagging subscriber before going on.
+pub const MAX_STALL: Duration = Duration::from_millis(100);
 
 /// Settings the broker applies to every connection.
 #[derive(Debug, Clone)]
@@ -38,6 +43,7 @@ pub struct BrokerConfig {
     pub max_payload: usize,
     pub max_pending: usize,
     pub ping_interval: Duration,
+    pub write_deadline: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -47,6 +53,7 @@ impl Default for BrokerConfig {
             max_payload: DEFAULT_MAX_PAYLOAD,
             max_pending: DEFAULT_MAX_PENDING,
             ping_interval: DEFAULT_PING_INTERVAL,
+            write_deadline: DEFAULT_WRITE_DEADLINE,
         }
     }
 }
@@ -93,6 +100,27 @@ impl Subscription {
     }
 }
 
+/// What routing one message did: how many subscriptions took it, and a subscriber that is
+/// lagging (past half its bound), which the publisher should give a moment to drain.
+#[derive(Default)]
+pub(crate) struct Routed {
+    delivered: usize,
+    lagging: Option<Arc<Outbound>>,
+}
+
+impl Routed {
+    fn note(&mut self, sub: &Subscription, pushed: Pushed) {
+        match pushed {
+            Pushed::Queued => self.delivered += 1,
+            Pushed::Lagging => {
+                self.delivered += 1;
+                self.lagging = Some(Arc::clone(&sub.outbound));
+            }
+            Pushed::Dropped => {}
+        }
+    }
+}
+
 impl Broker {
     pub fn new(config: BrokerConfig) -> Self {
         let server_id: String = rand::rng()
@@ -130,50 +158,45 @@ impl Broker {
         }
     }
 
-    /// Delivers a message to every matching subscription, echo rules applied; returns how
-    /// many subscriptions it reached.
-    fn route(&self, message: &Pub, publisher: u64, echo: bool) -> usize {
+    /// Delivers a message to every matching subscription, echo rules applied.
+    fn route(&self, message: &Pub, publisher: u64, echo: bool) -> Routed {
         let matches = self.matches(&message.subject);
         let deliverable = |sub: &Subscription| echo || sub.client_id != publisher;
-        let mut delivered = 0;
+        let mut routed = Routed::default();
         for sub in matches.plain.iter().filter(|s| deliverable(s)) {
-            delivered += usize::from(self.deliver(sub, message));
+            routed.note(sub, self.deliver(sub, message));
         }
         for group in &matches.groups {
-            delivered += usize::from(self.deliver_to_one(&group.members, message, &deliverable));
+            if let Some((sub, pushed)) = self.deliver_to_one(&group.members, message, &deliverable) {
+                routed.note(sub, pushed);
+            }
         }
-        delivered
+        routed
     }
 
     /// Picks a random member of a queue group (as nats-server does), moving on to the next
     /// one if that member can't take it.
-    fn deliver_to_one(
+    fn deliver_to_one<'a>(
         &self,
-        members: &[Arc<Subscription>],
+        members: &'a [Arc<Subscription>],
         message: &Pub,
         deliverable: &dyn Fn(&Subscription) -> bool,
-    ) -> bool {
-        if members.is_empty() {
-            return false;
-        }
-        let start = rand::rng().random_range(0..members.len());
+    ) -> Option<(&'a Arc<Subscription>, Pushed)> {
+        let start = rand::rng().random_range(0..members.len().max(1));
         (0..members.len())
             .map(|i| &members[(start + i) % members.len()])
-            .any(|sub| deliverable(sub) && self.deliver(sub, message))
+            .filter(|sub| deliverable(sub))
+            .map(|sub| (sub, self.deliver(sub, message)))
+            .find(|(_, pushed)| *pushed != Pushed::Dropped)
     }
 
-    fn deliver(&self, sub: &Arc<Subscription>, message: &Pub) -> bool {
+    fn deliver(&self, sub: &Arc<Subscription>, message: &Pub) -> Pushed {
         if !sub.take_delivery() {
-            return false;
+            return Pushed::Dropped;
         }
-        let delivery = Delivery {
-            subject: message.subject.clone(),
-            sid: sub.sid.clone(),
-            reply: message.reply.clone(),
-            headers: if sub.headers { message.headers.clone() } else { None },
-            payload: message.payload.clone(),
-        };
-        let pushed = sub.outbound.push_msg(delivery);
+        let headers = if sub.headers { message.headers.as_deref() } else { None };
+        let pushed =
+            sub.outbound.push_msg(&message.subject, &sub.sid, message.reply.as_deref(), headers, &message.payload);
         if sub.is_exhausted() {
             self.subscriptions.remove(&sub.filter, sub.queue.as_ref(), sub);
         }

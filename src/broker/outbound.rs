@@ -1,48 +1,30 @@
 //! A connection's outbound queue: what fan-out hands to the connection's writer task.
 //!
-//! Pushing never waits: the queue is bounded in bytes, and a push that would pass the
-//! bound closes the connection as a slow consumer instead (nats-server's rule), so one
-//! stalled subscriber never slows a publisher or the other subscribers. Items hold shared
-//! `Bytes`; the writer encodes a whole batch into one buffer and writes it with one call.
+//! Fan-out encodes each message straight into the subscriber's pending buffer, so the
+//! writer only swaps the buffer out and writes it: many messages per syscall, and the
+//! bytes counted against the slow-consumer bound are the bytes actually held. Payloads of
+//! [`SHARE_PAYLOADS_FROM`] bytes or more are not copied: the buffer keeps a `Bytes` handle
+//! to the publisher's read buffer and the writer sends it in place. Small payloads are
+//! copied on purpose: copying 1 KiB costs less than the shared reference count, which the
+//! publisher's core and each subscriber's writer core would otherwise bounce between them
+//! for every message.
+//!
+//! Pushing never blocks. A push that takes the pending bytes past `max_pending` closes the
+//! connection as a slow consumer (nats-server's rule). Before that, past half the bound,
+//! the push reports the subscriber as lagging so the publisher can pause briefly
+//! ([`Outbound::wait_drained`]), as nats-server stalls fast producers.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::ServerOp;
+use crate::protocol::{ServerOp, encode};
 
-/// One message for one subscription. Every field is a handle onto the publisher's buffer.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub subject: Bytes,
-    pub sid: Bytes,
-    pub reply: Option<Bytes>,
-    pub headers: Option<Bytes>,
-    pub payload: Bytes,
-}
-
-impl Delivery {
-    /// Bytes this delivery will take on the wire (close enough for the pending bound).
-    fn wire_size(&self) -> usize {
-        const FRAMING: usize = 32;
-        self.subject.len()
-            + self.sid.len()
-            + self.reply.as_ref().map_or(0, Bytes::len)
-            + self.headers.as_ref().map_or(0, Bytes::len)
-            + self.payload.len()
-            + FRAMING
-    }
-}
-
-/// Something for the writer to send.
-#[derive(Debug, Clone)]
-pub enum Outgoing {
-    Msg(Delivery),
-    Op(ServerOp),
-}
+/// Payload size from which a delivery shares the publisher's bytes instead of copying.
+pub const SHARE_PAYLOADS_FROM: usize = 16 * 1024;
 
 /// Why a connection closed; logged once per connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,19 +44,56 @@ impl CloseReason {
     }
 }
 
+/// The result of queueing a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued.
+    Queued,
+    /// Queued, but the subscriber holds more than half its bound: slow the publisher down.
+    Lagging,
+    /// Not queued: the connection is closing (perhaps because of this push).
+    Dropped,
+}
+
+/// Encoded bytes waiting for the writer, with the large payloads kept by reference:
+/// `shared[i].1` goes out right after `encoded[..shared[i].0]`.
 #[derive(Default)]
-struct Pending {
-    items: Vec<Outgoing>,
+pub struct Pending {
+    pub encoded: BytesMut,
+    pub shared: Vec<(usize, Bytes)>,
     bytes: usize,
 }
 
-/// The queue between fan-out (any task) and one connection's writer task.
+impl Pending {
+    /// Bytes held, as counted against `max_pending`.
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// Empties the buffers for reuse, dropping an oversized allocation left by a burst.
+    pub fn clear(&mut self) {
+        const KEEP_CAPACITY: usize = 1024 * 1024;
+        if self.encoded.capacity() > KEEP_CAPACITY {
+            self.encoded = BytesMut::new();
+        }
+        self.encoded.clear();
+        self.shared.clear();
+        self.bytes = 0;
+    }
+}
+
+/// The queue between fan-out (any task or thread) and one connection's writer task.
 pub struct Outbound {
     pending: Mutex<Pending>,
     /// Bytes queued plus bytes the writer has taken but not yet written.
-    in_flight: AtomicUsize,
+    held: AtomicUsize,
     max_pending: usize,
     wake: Notify,
+    drained: Notify,
     closing: CancellationToken,
     close_reason: Mutex<Option<CloseReason>>,
 }
@@ -83,43 +102,74 @@ impl Outbound {
     pub fn new(max_pending: usize) -> Self {
         Outbound {
             pending: Mutex::new(Pending::default()),
-            in_flight: 0.into(),
+            held: AtomicUsize::new(0),
             max_pending,
             wake: Notify::new(),
+            drained: Notify::new(),
             closing: CancellationToken::new(),
             close_reason: Mutex::new(None),
         }
     }
 
-    /// Queues a message; returns false (and drops it) if the connection is closing, or
-    /// closes the connection as a slow consumer if the message would pass the byte bound.
-    pub fn push_msg(&self, delivery: Delivery) -> bool {
-        let size = delivery.wire_size();
-        if self.in_flight.load(Ordering::Relaxed) + size > self.max_pending {
+    /// Queues one `MSG` (or `HMSG` when `headers` is given) for the subscription `sid`.
+    pub fn push_msg(
+        &self,
+        subject: &[u8],
+        sid: &[u8],
+        reply: Option<&[u8]>,
+        headers: Option<&[u8]>,
+        payload: &Bytes,
+    ) -> Pushed {
+        let size = subject.len()
+            + sid.len()
+            + reply.map_or(0, <[u8]>::len)
+            + headers.map_or(0, <[u8]>::len)
+            + payload.len()
+            + 32;
+        let held = self.held.load(Ordering::Relaxed);
+        if held + size > self.max_pending {
             if !self.is_closed() {
                 self.close(CloseReason::SlowConsumer);
             }
-            return false;
+            return Pushed::Dropped;
         }
-        self.push(Outgoing::Msg(delivery), size)
+        let queued = self.push(size, |pending| {
+            let header_len = headers.map(<[u8]>::len);
+            encode::msg_head(&mut pending.encoded, subject, sid, reply, header_len, payload.len());
+            if let Some(headers) = headers {
+                pending.encoded.put_slice(headers);
+            }
+            if payload.len() >= SHARE_PAYLOADS_FROM {
+                pending.shared.push((pending.encoded.len(), payload.clone()));
+            } else {
+                pending.encoded.put_slice(payload);
+            }
+            pending.encoded.put_slice(b"\r\n");
+        });
+        match queued {
+            false => Pushed::Dropped,
+            true if held + size > self.max_pending / 2 => Pushed::Lagging,
+            true => Pushed::Queued,
+        }
     }
 
-    /// Queues a protocol op (`PONG`, `+OK`, `-ERR` ...). These are small and answer the
-    /// connection's own requests, so they are not held to the slow-consumer bound.
-    pub fn push_op(&self, op: ServerOp) -> bool {
-        self.push(Outgoing::Op(op), 16)
+    /// Queues a protocol op (`PONG`, `+OK`, `-ERR` ...). These answer the connection's own
+    /// requests, so they are not held to the slow-consumer bound.
+    pub fn push_op(&self, op: &ServerOp) -> bool {
+        self.push(16, |pending| encode::server_op(op, &mut pending.encoded))
     }
 
-    fn push(&self, item: Outgoing, size: usize) -> bool {
+    fn push(&self, size: usize, write: impl FnOnce(&mut Pending)) -> bool {
         if self.closing.is_cancelled() {
             return false;
         }
-        self.in_flight.fetch_add(size, Ordering::Relaxed);
+        self.held.fetch_add(size, Ordering::Relaxed);
         let was_empty = {
-            let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            pending.items.push(item);
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            let was_empty = pending.is_empty();
+            write(&mut pending);
             pending.bytes += size;
-            pending.items.len() == 1
+            was_empty
         };
         if was_empty {
             self.wake.notify_one();
@@ -127,17 +177,20 @@ impl Outbound {
         true
     }
 
-    /// Moves everything queued into `batch` (swapping buffers, so steady state allocates
-    /// nothing) and returns its byte count, to pass to [`Outbound::written`] once sent.
-    pub fn take(&self, batch: &mut Vec<Outgoing>) -> usize {
-        let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        std::mem::swap(&mut pending.items, batch);
-        std::mem::take(&mut pending.bytes)
+    /// Swaps everything queued into `batch` (which must be empty), so steady state
+    /// allocates nothing. Pass `batch.len()` to [`Outbound::written`] once it is sent.
+    pub fn take(&self, batch: &mut Pending) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::swap(&mut *pending, batch);
     }
 
-    /// Releases `bytes` from the slow-consumer bound once the writer has sent them.
+    /// Releases `bytes` from the bound once the writer has sent them, and wakes publishers
+    /// paused on this subscriber when it is back under half the bound.
     pub fn written(&self, bytes: usize) {
-        self.in_flight.fetch_sub(bytes, Ordering::Relaxed);
+        let before = self.held.fetch_sub(bytes, Ordering::Relaxed);
+        if before > self.max_pending / 2 && before - bytes <= self.max_pending / 2 {
+            self.drained.notify_waiters();
+        }
     }
 
     /// Waits until something is queued (may wake spuriously).
@@ -145,13 +198,23 @@ impl Outbound {
         self.wake.notified().await;
     }
 
+    /// Waits until the subscriber is back under half its bound, or is closing.
+    pub async fn wait_drained(&self) {
+        let drained = self.drained.notified();
+        tokio::pin!(drained);
+        drained.as_mut().enable();
+        if self.held.load(Ordering::Relaxed) <= self.max_pending / 2 || self.is_closed() {
+            return;
+        }
+        tokio::select! {
+            () = drained => {}
+            () = self.closing.cancelled() => {}
+        }
+    }
+
     /// Starts closing the connection; the first reason given is the one kept.
     pub fn close(&self, reason: CloseReason) {
-        let mut current = self.close_reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if current.is_none() {
-            *current = Some(reason);
-        }
-        drop(current);
+        self.close_reason.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(reason);
         self.closing.cancel();
     }
 
@@ -165,6 +228,6 @@ impl Outbound {
     }
 
     pub fn close_reason(&self) -> Option<CloseReason> {
-        *self.close_reason.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self.close_reason.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

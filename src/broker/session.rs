@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 
-use super::{Broker, BrokerError, Delivery, Outbound, Subscription};
+use super::{Broker, BrokerError, Outbound, Subscription};
 use crate::protocol::{ClientOp, Connect, Info, Pub, ServerOp};
 use crate::subject::{Filter, is_valid_subject};
 
@@ -23,6 +23,8 @@ pub struct Session {
     /// Size of `subscriptions` at which entries ended by `UNSUB <sid> <max>` are swept out
     /// (they end on other tasks' fan-out paths, which can't touch this map).
     sweep_at: usize,
+    /// A subscriber this session's publishing pushed past half its bound.
+    lagging: Option<Arc<Outbound>>,
 }
 
 /// Smallest subscription map that is swept for ended subscriptions.
@@ -32,7 +34,7 @@ impl Session {
     /// Registers a client and queues its `INFO`.
     pub fn new(broker: Arc<Broker>, outbound: Arc<Outbound>, info: impl FnOnce(u64) -> Info) -> Self {
         let client_id = broker.next_client_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        outbound.push_op(ServerOp::Info(Box::new(info(client_id))));
+        outbound.push_op(&ServerOp::Info(Box::new(info(client_id))));
         Session {
             broker,
             client_id,
@@ -40,11 +42,19 @@ impl Session {
             outbound,
             subscriptions: HashMap::new(),
             sweep_at: MIN_SWEEP,
+            lagging: None,
         }
     }
 
     pub fn client_id(&self) -> u64 {
         self.client_id
+    }
+
+    /// A subscriber that this client's messages pushed past half its bound, if any since
+    /// the last call: the connection pauses reading (at most [`super::MAX_STALL`]) to let
+    /// it drain, as nats-server stalls fast producers, instead of cutting it off at once.
+    pub fn take_lagging(&mut self) -> Option<Arc<Outbound>> {
+        self.lagging.take()
     }
 
     /// Applies one op. In verbose mode a successful op is answered with `+OK`.
@@ -55,7 +65,7 @@ impl Session {
     pub fn handle(&mut self, op: ClientOp) -> Result<(), BrokerError> {
         let acknowledge = match op {
             ClientOp::Ping => {
-                self.outbound.push_op(ServerOp::Pong);
+                self.outbound.push_op(&ServerOp::Pong);
                 false
             }
             ClientOp::Pong => false,
@@ -83,7 +93,7 @@ impl Session {
             }
         };
         if acknowledge && self.options.verbose {
-            self.outbound.push_op(ServerOp::Ok);
+            self.outbound.push_op(&ServerOp::Ok);
         }
         Ok(())
     }
@@ -97,8 +107,11 @@ impl Session {
             // be stored by subject either); only pedantic clients are told.
             return if self.options.pedantic { Err(BrokerError::InvalidPublishSubject) } else { Ok(()) };
         }
-        let delivered = self.broker.route(&message, self.client_id, self.options.echo);
-        if delivered == 0 && self.options.no_responders {
+        let routed = self.broker.route(&message, self.client_id, self.options.echo);
+        if routed.lagging.is_some() {
+            self.lagging = routed.lagging;
+        }
+        if routed.delivered == 0 && self.options.no_responders {
             if let Some(reply) = &message.reply {
                 self.send_no_responders(reply);
             }
@@ -112,13 +125,7 @@ impl Session {
     fn send_no_responders(&self, reply: &Bytes) {
         let matches = self.broker.matches(reply);
         if let Some(sub) = matches.plain.iter().find(|s| s.client_id == self.client_id) {
-            self.outbound.push_msg(Delivery {
-                subject: reply.clone(),
-                sid: sub.sid.clone(),
-                reply: None,
-                headers: Some(Bytes::from_static(NO_RESPONDERS_HEADER)),
-                payload: Bytes::new(),
-            });
+            self.outbound.push_msg(reply, &sub.sid, None, Some(NO_RESPONDERS_HEADER), &Bytes::new());
         }
     }
 

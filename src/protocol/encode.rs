@@ -40,10 +40,28 @@ pub fn msg(
     headers: Option<&[u8]>,
     payload: &[u8],
 ) {
+    dst.reserve(headers.map_or(0, <[u8]>::len) + payload.len() + 2);
+    msg_head(dst, subject, sid, reply, headers.map(<[u8]>::len), payload.len());
+    if let Some(headers) = headers {
+        dst.put_slice(headers);
+    }
+    dst.put_slice(payload);
+    dst.put_slice(b"\r\n");
+}
+
+/// Appends just the control line of a `MSG` (or `HMSG` when `header_len` is given), for a
+/// caller that sends the body separately.
+pub fn msg_head(
+    dst: &mut BytesMut,
+    subject: &[u8],
+    sid: &[u8],
+    reply: Option<&[u8]>,
+    header_len: Option<usize>,
+    payload_len: usize,
+) {
     let mut numbers = itoa::Buffer::new();
-    let header_len = headers.map_or(0, <[u8]>::len);
-    dst.reserve(subject.len() + sid.len() + reply.map_or(0, <[u8]>::len) + header_len + payload.len() + 40);
-    dst.put_slice(if headers.is_some() { b"HMSG " } else { b"MSG " });
+    dst.reserve(subject.len() + sid.len() + reply.map_or(0, <[u8]>::len) + 48);
+    dst.put_slice(if header_len.is_some() { b"HMSG " } else { b"MSG " });
     dst.put_slice(subject);
     dst.put_u8(b' ');
     dst.put_slice(sid);
@@ -52,15 +70,10 @@ pub fn msg(
         dst.put_slice(reply);
         dst.put_u8(b' ');
     }
-    if headers.is_some() {
+    if let Some(header_len) = header_len {
         dst.put_slice(numbers.format(header_len).as_bytes());
         dst.put_u8(b' ');
     }
-    dst.put_slice(numbers.format(header_len + payload.len()).as_bytes());
-    dst.put_slice(b"\r\n");
-    if let Some(headers) = headers {
-        dst.put_slice(headers);
-    }
-    dst.put_slice(payload);
+    dst.put_slice(numbers.format(header_len.unwrap_or(0) + payload_len).as_bytes());
     dst.put_slice(b"\r\n");
 }

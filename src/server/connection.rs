@@ -13,14 +13,12 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::broker::{Broker, CloseReason, MAX_PINGS_OUT, Outbound, Outgoing, Session};
+use crate::broker::{Broker, BrokerConfig, CloseReason, MAX_PINGS_OUT, MAX_STALL, Outbound, Pending, Session};
 use crate::protocol::codec::ClientCodec;
-use crate::protocol::{ClientOp, ProtocolError, ServerOp, encode};
+use crate::protocol::{ClientOp, ProtocolError, ServerOp};
 
 /// Read buffer size; big enough that a publisher's burst is parsed in few reads.
 const READ_CHUNK: usize = 64 * 1024;
-/// Bytes the writer encodes before it writes, so a large backlog is sent in bounded pieces.
-const WRITE_CHUNK: usize = 64 * 1024;
 /// How long a closing connection may take to flush its last ops (an `-ERR`, say).
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
 
@@ -42,7 +40,7 @@ pub(super) async fn serve(
     });
     let conn_id = session.client_id();
     info!(conn_id, %peer, "connection opened");
-    let writer = tokio::spawn(write_loop(write, Arc::clone(&outbound)));
+    let writer = tokio::spawn(write_loop(write, Arc::clone(&outbound), config.write_deadline));
     let reason = read_loop(read, &mut session, &outbound, &shutdown, &config).await;
     outbound.close(reason);
     drop(session);
@@ -56,7 +54,7 @@ async fn read_loop(
     session: &mut Session,
     outbound: &Outbound,
     shutdown: &CancellationToken,
-    config: &crate::broker::BrokerConfig,
+    config: &BrokerConfig,
 ) -> CloseReason {
     let mut codec = ClientCodec::new(config.max_payload);
     let mut buffer = BytesMut::with_capacity(READ_CHUNK);
@@ -73,7 +71,7 @@ async fn read_loop(
                         pings_out = 0;
                     }
                     if let Err(error) = session.handle(op) {
-                        outbound.push_op(ServerOp::Err(error.wire_text()));
+                        outbound.push_op(&ServerOp::Err(error.wire_text()));
                         if error.closes_connection() {
                             return CloseReason::ProtocolError;
                         }
@@ -81,6 +79,13 @@ async fn read_loop(
                 }
                 Ok(None) => break,
                 Err(error) => return protocol_failure(&error, outbound),
+            }
+        }
+        if let Some(subscriber) = session.take_lagging() {
+            tokio::select! {
+                _ = tokio::time::timeout(MAX_STALL, subscriber.wait_drained()) => {}
+                () = outbound.closed() => return outbound.close_reason().unwrap_or(CloseReason::ServerShutdown),
+                () = shutdown.cancelled() => return CloseReason::ServerShutdown,
             }
         }
         if buffer.capacity() - buffer.len() < READ_CHUNK / 4 {
@@ -99,10 +104,10 @@ async fn read_loop(
                     continue;
                 }
                 if pings_out >= MAX_PINGS_OUT {
-                    outbound.push_op(ServerOp::Err("Stale Connection"));
+                    outbound.push_op(&ServerOp::Err("Stale Connection"));
                     return CloseReason::StaleConnection;
                 }
-                outbound.push_op(ServerOp::Ping);
+                outbound.push_op(&ServerOp::Ping);
                 pings_out += 1;
             }
         }
@@ -114,16 +119,16 @@ fn protocol_failure(error: &ProtocolError, outbound: &Outbound) -> CloseReason {
     match error {
         ProtocolError::Io(_) => CloseReason::ClientClosed,
         _ => {
-            outbound.push_op(ServerOp::Err(error.wire_text()));
+            outbound.push_op(&ServerOp::Err(error.wire_text()));
             CloseReason::ProtocolError
         }
     }
 }
 
-/// Sends what fan-out queues, many messages per write, until the connection closes.
-async fn write_loop(mut write: OwnedWriteHalf, outbound: Arc<Outbound>) {
-    let mut batch = Vec::new();
-    let mut buffer = BytesMut::with_capacity(WRITE_CHUNK * 2);
+/// Sends what fan-out queues, many messages per write, until the connection closes. A
+/// write that makes no progress for `deadline` cuts the connection as a slow consumer.
+async fn write_loop(mut write: OwnedWriteHalf, outbound: Arc<Outbound>, deadline: Duration) {
+    let mut batch = Pending::default();
     loop {
         let closing = outbound.is_closed();
         if !closing {
@@ -135,38 +140,44 @@ async fn write_loop(mut write: OwnedWriteHalf, outbound: Arc<Outbound>) {
         if outbound.is_closed() && !outbound.close_reason().is_some_and(CloseReason::flushes) {
             break;
         }
-        let bytes = outbound.take(&mut batch);
-        let sent = if outbound.is_closed() {
-            tokio::time::timeout(FLUSH_GRACE, send(&mut write, &mut batch, &mut buffer)).await.unwrap_or(Ok(()))
-        } else {
-            tokio::select! {
-                sent = send(&mut write, &mut batch, &mut buffer) => sent,
-                // A slow consumer is cut while its writer is still blocked on the socket.
-                () = outbound.closed() => Ok(()),
+        outbound.take(&mut batch);
+        let limit = if outbound.is_closed() { FLUSH_GRACE } else { deadline };
+        let sent = {
+            let sending = tokio::time::timeout(limit, send(&mut write, &batch));
+            tokio::pin!(sending);
+            loop {
+                tokio::select! {
+                    sent = &mut sending => break sent,
+                    () = outbound.closed(), if !outbound.is_closed() => {}
+                }
+                // A slow consumer is cut while its writer is still blocked on the socket; any
+                // other close lets the batch finish, so the stream is never cut mid-message.
+                if !outbound.close_reason().is_some_and(CloseReason::flushes) {
+                    break Ok(Ok(()));
+                }
             }
         };
-        outbound.written(bytes);
-        if sent.is_err() {
-            outbound.close(CloseReason::WriteError);
+        outbound.written(batch.len());
+        batch.clear();
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => outbound.close(CloseReason::WriteError),
+            Err(_) => outbound.close(CloseReason::SlowConsumer),
         }
-        if closing || sent.is_err() {
+        if closing || outbound.close_reason().is_some_and(|reason| !reason.flushes()) {
             break;
         }
     }
     let _ = write.shutdown().await;
 }
 
-async fn send(write: &mut OwnedWriteHalf, batch: &mut Vec<Outgoing>, buffer: &mut BytesMut) -> std::io::Result<()> {
-    for item in batch.drain(..) {
-        match item {
-            Outgoing::Msg(m) => {
-                encode::msg(buffer, &m.subject, &m.sid, m.reply.as_deref(), m.headers.as_deref(), &m.payload)
-            }
-            Outgoing::Op(op) => encode::server_op(&op, buffer),
-        }
-        if buffer.len() >= WRITE_CHUNK {
-            write.write_all_buf(buffer).await?;
-        }
+/// Writes one batch: the encoded bytes, with the shared large payloads in their places.
+async fn send(write: &mut OwnedWriteHalf, batch: &Pending) -> std::io::Result<()> {
+    let mut written = 0;
+    for (offset, payload) in &batch.shared {
+        write.write_all(&batch.encoded[written..*offset]).await?;
+        write.write_all(payload).await?;
+        written = *offset;
     }
-    write.write_all_buf(buffer).await
+    write.write_all(&batch.encoded[written..]).await
 }
