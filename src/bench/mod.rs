@@ -1,14 +1,181 @@
-//! The `eventline bench` load tool.
-use clap::Args;
+//! The `eventline bench` load tool: end-to-end runs against any NATS-protocol server
+//! (eventline or nats-server), so the two can be compared with the same client.
+//!
+//! It speaks the raw protocol over TCP rather than going through a client library, so
+//! what is measured is the server, not a client's buffering or its own task hops: one
+//! tokio task per connection, 64 KiB+ reads decoded with [`crate::protocol::client::ServerCodec`],
+//! publishers writing a pre-built batch of `PUB` frames over and over.
+//! - [`fanout`]: P publishers -> S subscribers on one subject; throughput and loss.
+//! - [`latency`]: one publisher at a fixed rate -> one subscriber; publish-to-receive latency.
+//!
+//! Results go to stdout (human-readable, or one JSON line with `--json`); errors to stderr.
+
+mod conn;
+mod error;
+pub mod fanout;
+pub mod latency;
+mod stats;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+pub use error::BenchError;
+pub use stats::Summary;
 
 /// Arguments of `eventline bench`.
 #[derive(Args, Debug)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub mode: Mode,
+}
 
-/// Runs a benchmark.
+/// What to measure.
+#[derive(Subcommand, Debug)]
+pub enum Mode {
+    /// P publishers -> S subscribers on one subject: publish and delivery msg/s, and loss.
+    Fanout(fanout::FanoutArgs),
+    /// One publisher at a fixed rate -> one subscriber: publish-to-receive latency.
+    Latency(latency::LatencyArgs),
+}
+
+/// Options every mode has.
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Server address, host:port.
+    #[arg(long, default_value = "127.0.0.1:4222")]
+    pub server: String,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 128)]
+    pub size: usize,
+    /// Messages to publish in total.
+    #[arg(long, default_value_t = 100_000)]
+    pub count: u64,
+    /// Seconds any one network wait (connect, write, PONG) may take before the run fails.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_secs: u64,
+    /// Once the publishers are done, subscribers stop after this many milliseconds
+    /// without a message; what has not arrived by then counts as lost.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_ms: u64,
+    /// Print one JSON object line instead of the human-readable report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl CommonArgs {
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+
+    fn idle(&self) -> Duration {
+        Duration::from_millis(self.idle_ms)
+    }
+}
+
+/// Runs a benchmark and prints its report on stdout.
 ///
 /// # Errors
-/// Connection failures.
-pub async fn run(_args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+/// A [`BenchError`]: the server cannot be reached, a network wait timed out, the server
+/// refused an op (`-ERR`) or closed a publisher's connection, or the arguments conflict.
+pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    match args.mode {
+        Mode::Fanout(args) => fanout::run(&args).await?,
+        Mode::Latency(args) => latency::run(&args).await?,
+    }
     Ok(())
+}
+
+/// Clap parser for `--subject`: a literal subject that fits in one `PUB` line.
+fn subject(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.bytes().any(|b| b.is_ascii_whitespace() || b == b'*' || b == b'>') {
+        return Err("a subject is non-empty, without blanks or wildcards".to_owned());
+    }
+    Ok(text.to_owned())
+}
+
+#[cfg(test)]
+mod args_tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<BenchArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied())).map(|cli| cli.bench)
+    }
+
+    #[test]
+    fn the_command_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn fanout_takes_its_options() {
+        let args = parse(&[
+            "fanout",
+            "--server",
+            "127.0.0.1:5000",
+            "--publishers",
+            "2",
+            "--subscribers",
+            "4",
+            "--size",
+            "16",
+            "--count",
+            "1000",
+            "--subject",
+            "a.b",
+            "--json",
+        ]);
+        let Ok(BenchArgs { mode: Mode::Fanout(f) }) = args else { panic!("not a fanout: {args:?}") };
+        assert_eq!(f.common.server, "127.0.0.1:5000");
+        assert_eq!((f.publishers, f.subscribers, f.common.size, f.common.count), (2, 4, 16, 1000));
+        assert_eq!(f.subject, "a.b");
+        assert!(f.common.json);
+    }
+
+    #[test]
+    fn fanout_defaults() {
+        let args = parse(&["fanout"]);
+        let Ok(BenchArgs { mode: Mode::Fanout(f) }) = args else { panic!("not a fanout: {args:?}") };
+        assert_eq!((f.publishers, f.subscribers), (1, 1));
+        assert_eq!(f.subject, "bench.fanout");
+        assert_eq!(f.common.timeout(), Duration::from_secs(10));
+        assert_eq!(f.common.idle(), Duration::from_secs(2));
+        assert!(!f.common.json);
+    }
+
+    #[test]
+    fn latency_takes_its_options() {
+        let args = parse(&["latency", "--rate", "10000", "--size", "128", "--count", "50000"]);
+        let Ok(BenchArgs { mode: Mode::Latency(l) }) = args else { panic!("not a latency: {args:?}") };
+        assert_eq!((l.rate, l.common.size, l.common.count), (10_000, 128, 50_000));
+        assert_eq!(l.subject, "bench.latency");
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        for bad in [
+            &["fanout", "--publishers", "0"][..],
+            &["fanout", "--subject", "a.*"],
+            &["fanout", "--subject", "a b"],
+            &["fanout", "--subject", ""],
+            &["fanout", "--count", "-1"],
+            &["fanout", "--timeout-secs", "0"],
+            &["latency", "--rate", "0"],
+            &["latency", "--publishers", "2"],
+            &["nothing"],
+            &[],
+        ] {
+            assert!(parse(bad).is_err(), "accepted {bad:?}");
+        }
+    }
 }

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Compares eventline with nats-server on fan-out throughput, using the same client for both
+# (`eventline bench fanout`), so the difference is the servers'. Runs each case REPEATS times,
+# alternating which server goes first, and prints per case the median over repeats of the
+# per-subscriber median msg/s, then each server's peak RSS.
+#
+# Usage: benches/compare.sh
+# Environment (defaults in brackets):
+#   REPEATS [3]  COUNT_SMALL [2000000] (16 B and 128 B cases)  COUNT_1K [500000] (1 KiB cases)
+#   NATS_SERVER [nats-server, else /usr/sbin/nats-server]
+# Both servers and the client share the machine: quote figures with the header this prints.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REPEATS=${REPEATS:-3}
+COUNT_SMALL=${COUNT_SMALL:-2000000}
+COUNT_1K=${COUNT_1K:-500000}
+NATS_SERVER=${NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}
+
+die() {
+    echo "compare.sh: $*" >&2
+    exit 1
+}
+
+[[ -x $NATS_SERVER ]] || die "nats-server not found (set NATS_SERVER)"
+command -v python3 >/dev/null || die "python3 is needed (free port, report table)"
+
+work=$(mktemp -d)
+evl_pid=""
+nats_pid=""
+cleanup() {
+    for pid in $evl_pid $nats_pid; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+cargo build --release
+# A copy, so that a concurrent rebuild cannot swap the binary between runs.
+bin=$work/eventline
+cp target/release/eventline "$bin"
+
+# eventline on port 0; its first stdout line names the bound address.
+exec 3< <(exec "$bin" serve --port 0 --log-level warn --data "$work/data" 2>"$work/eventline.log")
+evl_pid=$!
+read -r -t 10 line <&3 || die "eventline printed no address; its log: $(cat "$work/eventline.log")"
+[[ $line == "listening on "* ]] || die "unexpected first line from eventline: $line"
+evl_addr=${line#listening on }
+
+# nats-server on a port the kernel just handed out (a tiny race, fine for a bench script).
+nats_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$NATS_SERVER" -a 127.0.0.1 -p "$nats_port" >"$work/nats.log" 2>&1 &
+nats_pid=$!
+nats_addr=127.0.0.1:$nats_port
+for _ in $(seq 100); do
+    if (: <"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null; then break; fi
+    kill -0 "$nats_pid" 2>/dev/null || die "nats-server exited: $(cat "$work/nats.log")"
+    sleep 0.1
+done
+(: <"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null || die "nats-server is not accepting on $nats_addr"
+
+echo "# $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty')"
+echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
+echo "# nats-server $("$NATS_SERVER" --version | awk '{print $2}'), eventline at $evl_addr, nats-server at $nats_addr"
+echo "# load before: $(uptime | sed 's/.*load average/load average/')"
+
+# subscribers size count
+cases=(
+    "1 16 $COUNT_SMALL"
+    "4 16 $COUNT_SMALL"
+    "1 128 $COUNT_SMALL"
+    "4 128 $COUNT_SMALL"
+    "1 1024 $COUNT_1K"
+    "4 1024 $COUNT_1K"
+)
+results=$work/results.tsv
+: >"$results"
+for rep in $(seq "$REPEATS"); do
+    for c in "${cases[@]}"; do
+        read -r subs size count <<<"$c"
+        # Alternate who goes first, so neither always runs on a warmer (or more loaded) machine.
+        if ((rep % 2)); then order="eventline nats-server"; else order="nats-server eventline"; fi
+        for name in $order; do
+            if [[ $name == eventline ]]; then addr=$evl_addr; else addr=$nats_addr; fi
+            if ! out=$("$bin" bench fanout --server "$addr" --subscribers "$subs" --size "$size" --count "$count" --json); then
+                echo "run $rep 1->$subs ${size} B $name failed" >&2
+                continue
+            fi
+            read -r median lost < <(python3 -c 'import json, sys
+r = json.loads(sys.argv[1])
+print((r["sub_msg_per_sec"] or {"median": 0})["median"], r["lost"])' "$out")
+            printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$subs" "$size" "$name" "$median" "$lost" >>"$results"
+            printf 'run %s/%s 1->%s %5s B %-11s median %12.0f msg/s/sub, lost %s\n' \
+                "$rep" "$REPEATS" "$subs" "$size" "$name" "$median" "$lost" >&2
+        done
+    done
+done
+
+hwm() { awk '/^VmHWM/ {printf "%.1f MiB", $2 / 1024}' "/proc/$1/status" 2>/dev/null || echo "?"; }
+echo "# load after: $(uptime | sed 's/.*load average/load average/')"
+echo
+python3 - "$results" <<'EOF'
+import statistics, sys
+from collections import defaultdict
+
+runs = defaultdict(list)
+lost = defaultdict(int)
+order = []
+for line in open(sys.argv[1]):
+    _rep, subs, size, name, median, n_lost = line.split("\t")
+    case = (int(subs), int(size))
+    if case not in order:
+        order.append(case)
+    runs[case, name].append(float(median))
+    lost[case, name] += int(n_lost)
+
+def fmt(values):
+    return f"{statistics.median(values):,.0f}" if values else "failed"
+
+print(f"{'case':<14}{'eventline msg/s':>17}{'nats-server msg/s':>19}{'ratio':>8}   lost (eventline/nats-server)")
+for case in order:
+    e, n = runs[case, "eventline"], runs[case, "nats-server"]
+    ratio = f"{statistics.median(e) / statistics.median(n):.2f}" if e and n and statistics.median(n) else "-"
+    label = f"1->{case[0]} {case[1]} B"
+    print(f"{label:<14}{fmt(e):>17}{fmt(n):>19}{ratio:>8}   {lost[case, 'eventline']}/{lost[case, 'nats-server']}")
+print("(msg/s: median over repeats of the per-subscriber median; ratio = eventline / nats-server)")
+EOF
+echo
+echo "peak RSS (VmHWM): eventline $(hwm "$evl_pid"), nats-server $(hwm "$nats_pid")"
