@@ -81,7 +81,7 @@ impl Session {
             }
             ClientOp::Pub(message) => {
                 self.publish(message)?;
-                true
+                false
             }
             ClientOp::Sub { subject, queue, sid } => {
                 self.subscribe(subject, queue, sid)?;
@@ -102,10 +102,18 @@ impl Session {
         if message.headers.is_some() && !self.options.headers {
             return Err(BrokerError::HeadersNotSupported);
         }
-        if !is_valid_subject(&message.subject) {
-            // A wildcard or empty-token subject must never reach a subscriber (it could not
-            // be stored by subject either); only pedantic clients are told.
-            return if self.options.pedantic { Err(BrokerError::InvalidPublishSubject) } else { Ok(()) };
+        // A wildcard or empty-token subject must never reach a subscriber (it could not be
+        // stored by subject either); only pedantic clients are told.
+        let deliverable = is_valid_subject(&message.subject);
+        if !deliverable && self.options.pedantic {
+            return Err(BrokerError::InvalidPublishSubject);
+        }
+        // nats-server acknowledges before routing, so `+OK` precedes the client's own echo.
+        if self.options.verbose {
+            self.outbound.push_op(&ServerOp::Ok);
+        }
+        if !deliverable {
+            return Ok(());
         }
         let routed = self.broker.route(&message, self.client_id, self.options.echo);
         if routed.lagging.is_some() {

@@ -199,9 +199,8 @@ impl Raw {
         let mut chunk = vec![0; 64 * 1024];
         let mut total = 0;
         loop {
-            let read = tokio::time::timeout(TIMEOUT, self.reader.read(&mut chunk))
-                .await
-                .expect("connection closes in time");
+            let read =
+                tokio::time::timeout(TIMEOUT, self.reader.read(&mut chunk)).await.expect("connection closes in time");
             match read {
                 Ok(0) | Err(_) => return total,
                 Ok(n) => total += n,
