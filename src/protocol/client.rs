@@ -53,7 +53,10 @@ impl Decoder for ServerCodec {
             b"PING" => simple(RawReceived::Ping),
             b"PONG" => simple(RawReceived::Pong),
             b"+OK" => simple(RawReceived::Ok),
-            b"-ERR" | b"INFO" => simple(RawReceived::Text(verb == b"INFO", verb.len() + 1..line.len())),
+            b"-ERR" | b"INFO" => {
+                let text = (verb.len() + 1).min(line.len())..line.len();
+                simple(RawReceived::Text(verb == b"INFO", text))
+            }
             b"MSG" | b"HMSG" => {
                 let a = split_args(args).ok_or(ProtocolError::UnknownOperation)?;
                 let with_headers = verb == b"HMSG";

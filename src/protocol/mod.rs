@@ -112,3 +112,6 @@ pub enum ServerOp {
     Ping,
     Pong,
 }
+
+#[cfg(test)]
+mod tests;

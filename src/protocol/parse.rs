@@ -48,7 +48,10 @@ pub fn parse_client_op(buf: &[u8], max_payload: usize) -> Result<Option<Parsed>,
     };
 
     let (args, verb) = verb(line).map_err(|_| ProtocolError::UnknownOperation)?;
-    let op = match Verb::of(verb) {
+    let verb = Verb::of(verb);
+    // A verb runs to a blank or the line end: `PUB2 x` is an unknown op, not PUB's args.
+    let separated = args.first().is_none_or(|&b| is_blank(b));
+    let op = match verb.filter(|v| separated || matches!(v, Verb::Ping | Verb::Pong)) {
         // nats-server ignores whatever follows PING or PONG up to the newline.
         Some(Verb::Ping) => RawOp::Ping,
         Some(Verb::Pong) => RawOp::Pong,
@@ -177,7 +180,9 @@ impl Verb {
 pub(super) fn control_line(buf: &[u8]) -> Result<Option<(&[u8], usize)>, ProtocolError> {
     let scan = &buf[..buf.len().min(MAX_CONTROL_LINE + 2)];
     let Some(newline) = scan.iter().position(|&b| b == b'\n') else {
-        return if buf.len() > MAX_CONTROL_LINE { Err(ProtocolError::MaxControlLine) } else { Ok(None) };
+        // A CR already read may belong to a line of exactly the limit whose LF is coming.
+        let pending = buf.len() - usize::from(buf.last() == Some(&b'\r'));
+        return if pending > MAX_CONTROL_LINE { Err(ProtocolError::MaxControlLine) } else { Ok(None) };
     };
     let line_end = if newline > 0 && buf[newline - 1] == b'\r' { newline - 1 } else { newline };
     if line_end > MAX_CONTROL_LINE {
@@ -186,10 +191,10 @@ pub(super) fn control_line(buf: &[u8]) -> Result<Option<(&[u8], usize)>, Protoco
     Ok(Some((&buf[..line_end], newline + 1)))
 }
 
-/// Up to four whitespace-separated arguments; more is an error (no op takes more).
+/// Up to five blank-separated arguments (`HMSG` with a reply has five); more is an error.
 pub(super) struct Args<'a> {
     pub(super) n: usize,
-    pub(super) a: [&'a [u8]; 4],
+    pub(super) a: [&'a [u8]; 5],
 }
 
 fn is_blank(b: u8) -> bool {
@@ -201,7 +206,7 @@ fn verb(line: &[u8]) -> IResult<&[u8], &[u8]> {
 }
 
 pub(super) fn split_args(mut input: &[u8]) -> Option<Args<'_>> {
-    let mut args = Args { n: 0, a: [&[]; 4] };
+    let mut args = Args { n: 0, a: [&[]; 5] };
     loop {
         let next: IResult<&[u8], &[u8]> = preceded(space1, take_till1(is_blank)).parse(input);
         match next {
