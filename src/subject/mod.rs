@@ -36,6 +36,9 @@ pub enum SubjectError {
     /// `>` followed by more tokens.
     #[error("'>' must be the last token")]
     GreaterThanNotLast,
+    /// A NUL byte: the event log's subject index uses it as the separator.
+    #[error("NUL byte in subject")]
+    Nul,
 }
 
 /// A literal subject, valid to publish to: no wildcard tokens.
@@ -193,6 +196,9 @@ fn validate(bytes: &[u8], allow_wildcards: bool) -> Result<(), SubjectError> {
         if token.iter().any(|&b| is_whitespace(b)) {
             return Err(SubjectError::Whitespace);
         }
+        if token.contains(&0) {
+            return Err(SubjectError::Nul);
+        }
         if after_gt {
             return Err(SubjectError::GreaterThanNotLast);
         }
@@ -211,8 +217,10 @@ mod tests {
     use super::SubjectError::*;
     use super::*;
 
+    type Verdict = Result<(), SubjectError>;
+
     /// (input, as a subject, as a filter)
-    const TABLE: &[(&[u8], Result<(), SubjectError>, Result<(), SubjectError>)] = &[
+    const TABLE: &[(&[u8], Verdict, Verdict)] = &[
         (b"foo", Ok(()), Ok(())),
         (b"foo.bar.baz", Ok(()), Ok(())),
         (b"a.b*", Ok(()), Ok(())),

@@ -104,6 +104,8 @@ struct Trie<T> {
 }
 
 struct Level<T> {
+    /// std's keyed SipHash on purpose: tokens come from clients, who must
+    /// not be able to force collisions.
     literals: HashMap<Bytes, Node<T>>,
     star: Option<Box<Node<T>>>,
     gt: Option<Box<Node<T>>>,
@@ -155,7 +157,7 @@ impl<T: Clone + PartialEq> Sublist<T> {
             }
         };
         // Cached results stay exact: add the new subscriber to each one the
-        // filter matches, before any reader can see the new trie.
+        // filter matches, while the write lock keeps every reader out.
         if let Some(cache) = &self.cache {
             let mut cache = write(cache);
             let add = |result: &mut Arc<Matches<T>>| {
@@ -187,8 +189,8 @@ impl<T: Clone + PartialEq> Sublist<T> {
             return false;
         }
         trie.count -= 1;
-        // Dropping is simpler than editing and as cheap: the next match of
-        // each dropped subject rebuilds it.
+        // Dropped rather than edited (as nats-server does): simpler, and the
+        // next match of each dropped subject rebuilds it.
         if let Some(cache) = &self.cache {
             let mut cache = write(cache);
             if filter.is_literal() {
@@ -258,7 +260,7 @@ impl<T> fmt::Debug for Sublist<T> {
             .field("len", &read(&self.trie).count)
             .field("cached", &self.cache.as_ref().map(|c| read(c).len()))
             .field("generation", &self.generation.load(Ordering::Relaxed))
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
