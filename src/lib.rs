@@ -7,6 +7,8 @@
 //! - [`broker`]: the service's state machine: sessions, subscriptions, routing, the
 //!   bounded outbound queues. No sockets, no parsing.
 //! - [`protocol`]: the nom parser and the encoder of NATS ops. No I/O.
+//! - [`store`]: the fjall event log: append batches, ranged and indexed reads, the
+//!   dedup window, the high-water mark. Synchronous, no network, no protocol.
 //! - [`subject`]: subject validation, wildcard matching and the subscription trie.
 //! - [`bench`]: the `eventline bench` load tool, a protocol client for any NATS server.
 #![deny(unsafe_code)]
@@ -15,4 +17,5 @@ pub mod bench;
 pub mod broker;
 pub mod protocol;
 pub mod server;
+pub mod store;
 pub mod subject;

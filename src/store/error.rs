@@ -1,0 +1,26 @@
+use thiserror::Error;
+
+/// A failure of the event log. Any write failure is fatal to the process: fjall poisons
+/// the database after a failed write or fsync, and an event must never be acknowledged
+/// unless it is durable, so the broker stops acknowledging and exits rather than retry.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("storage engine: {0}")]
+    Engine(#[from] fjall::Error),
+    #[error("data directory: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("event {seq} is corrupt (checksum or framing mismatch)")]
+    Corrupt { seq: u64 },
+    #[error(
+        "the log ends at sequence {head} but sequence {acknowledged} was acknowledged as durable: \
+         refusing to serve a log that lost acknowledged events (restore the data directory from a backup)"
+    )]
+    LostAcknowledged { head: u64, acknowledged: u64 },
+    #[error(
+        "the log holds events but the high-water-mark file {path} is missing: refusing to start \
+         (restore the file, or move the log away to start empty)"
+    )]
+    MissingHighWaterMark { path: String },
+    #[error("the high-water-mark file {path} is unreadable (torn or corrupt)")]
+    BadHighWaterMark { path: String },
+}

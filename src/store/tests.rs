@@ -1,0 +1,481 @@
+//! Store tests: every query against a naive oracle over the appended `Vec<Event>`, and
+//! recovery tests that drop the store and reopen the same directory.
+//!
+//! Tests that name a bug (`bug_...`) fail until that bug is fixed; their doc comments say why.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use bytes::Bytes;
+use fjall::{Database, KeyspaceCreateOptions, Slice};
+use tempfile::TempDir;
+
+use super::{DedupEntry, Durability, Event, SCAN_BUDGET, Store, StoreError};
+use crate::subject::{Filter, Subject, matches};
+
+// ---- Fixtures and oracles ----
+
+/// Space-separated. Byte-wise neighbours (`orders` / `orders.1` / `ordersX`), prefixes of
+/// each other (`a` / `a.b` / `a.b.x`), and subjects that first-token wildcards reach (`*.x`).
+const SUBJECTS: &str = "orders orders.1 ordersX orders.42.created orders.42.shipped orders.7.created orders.42 \
+                        ordersX.42.created a.x b.x a.b.x a a.b orders.42.created.v2";
+
+/// Space-separated. Literal, literal-prefix, index-prefix-plus-matcher and full-scan filters.
+const FILTERS: &str = "orders orders.1 ordersX a orders.42 orders.42.created nope orders.42.> orders.> ordersX.> \
+                       a.> orders.*.created a.* orders.* *.x *.*.x *.42.> * >";
+
+const EVENTS: u64 = 48;
+
+/// `n` events with consecutive sequences from 1; timestamps repeat in threes; revisions
+/// count per subject; some events carry a header block (one of them empty).
+fn make_events(n: u64) -> Vec<Event> {
+    let subjects: Vec<&str> = SUBJECTS.split_whitespace().collect();
+    let mut revisions: HashMap<&str, u64> = HashMap::new();
+    (1..=n)
+        .map(|seq| {
+            let subject =
+                if seq % 3 == 0 { "orders.42.created" } else { subjects[(seq * 5) as usize % subjects.len()] };
+            let revision = revisions.entry(subject).or_default();
+            *revision += 1;
+            let headers = match seq % 8 {
+                0 | 4 => Some(Bytes::from(format!("NATS/1.0\r\nK: {seq}\r\n\r\n"))),
+                1 => Some(Bytes::new()),
+                _ => None,
+            };
+            Event {
+                seq,
+                timestamp: 1_000 + seq / 3 * 10,
+                revision: *revision,
+                subject: Bytes::from_static(subject.as_bytes()),
+                headers,
+                payload: Bytes::from(format!("payload {seq}")),
+            }
+        })
+        .collect()
+}
+
+/// Field order matters: the store drops (and closes fjall) before its directory goes.
+struct Fixture {
+    store: Store,
+    events: Vec<Event>,
+    dir: TempDir,
+}
+
+/// A store holding [`make_events`]`(n)`, appended in batches of 7 with both durabilities.
+fn filled(n: u64) -> Fixture {
+    let dir = TempDir::new().expect("temp dir");
+    let store = Store::open(dir.path()).expect("opens");
+    let events = make_events(n);
+    for (i, batch) in events.chunks(7).enumerate() {
+        let durability = if i % 2 == 0 { Durability::Sync } else { Durability::Buffered };
+        store.append(batch, &[], &[], durability).expect("appends");
+    }
+    Fixture { store, events, dir }
+}
+
+fn filter(text: &str) -> Filter {
+    Filter::new(Bytes::copy_from_slice(text.as_bytes())).expect("valid filter")
+}
+
+fn open_err(dir: &Path) -> StoreError {
+    match Store::open(dir) {
+        Ok(_) => panic!("open of {} should fail", dir.display()),
+        Err(error) => error,
+    }
+}
+
+/// The events of `events` matching `filter` with sequences in `from..=to`.
+fn naive(events: &[Event], filter: &str, from: u64, to: u64) -> Vec<Event> {
+    events.iter().filter(|e| (from..=to).contains(&e.seq) && matches(filter.as_bytes(), &e.subject)).cloned().collect()
+}
+
+fn seqs(events: &[Event]) -> Vec<u64> {
+    events.iter().map(|e| e.seq).collect()
+}
+
+/// Reads `from..=to` in pages of `limit`, checking each page's invariants, until done.
+fn read_paged(store: &Store, filter_text: &str, mut from: u64, to: u64, limit: usize) -> Vec<Event> {
+    let filter = filter(filter_text);
+    let mut all: Vec<Event> = Vec::new();
+    while from <= to {
+        let chunk = store.read(&filter, from, to, limit).expect("reads");
+        let context = format!("{filter_text} from {from} to {to} limit {limit}");
+        assert!(chunk.events.len() <= limit, "{context}: page too long");
+        assert!(chunk.next > from && chunk.next <= to + 1, "{context}: next {} out of range", chunk.next);
+        assert!(chunk.events.iter().all(|e| e.seq >= from && e.seq < chunk.next), "{context}: event outside page");
+        all.extend(chunk.events);
+        from = chunk.next;
+    }
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq), "{filter_text}: not strictly increasing");
+    all
+}
+
+/// A high-water-mark record, written independently of `hwm.rs`: seq BE, crc32 BE.
+fn mark_record(seq: u64) -> Vec<u8> {
+    let mut record = seq.to_be_bytes().to_vec();
+    record.extend_from_slice(&crc32fast::hash(&seq.to_be_bytes()).to_be_bytes());
+    record
+}
+
+// ---- Append, get, read ----
+
+#[test]
+fn empty_store_has_nothing() {
+    let dir = TempDir::new().expect("temp dir");
+    let store = Store::open(dir.path()).expect("opens");
+    assert_eq!(store.last_seq().expect("last"), 0);
+    assert_eq!(store.acknowledged(), 0);
+    assert_eq!(store.get(1).expect("get"), None);
+    assert!(store.read(&filter(">"), 1, 10, 10).expect("reads").events.is_empty());
+    assert_eq!(store.first_at_or_after(0, 0).expect("search"), 1);
+}
+
+#[test]
+fn appended_events_come_back_equal() {
+    let f = filled(EVENTS);
+    assert_eq!(f.store.last_seq().expect("last"), EVENTS);
+    for event in &f.events {
+        assert_eq!(f.store.get(event.seq).expect("get").as_ref(), Some(event));
+    }
+    assert_eq!(f.store.get(0).expect("get 0"), None);
+    assert_eq!(f.store.get(EVENTS + 1).expect("get past head"), None);
+}
+
+#[test]
+fn read_returns_exactly_the_matching_events_for_every_filter_shape() {
+    let f = filled(EVENTS);
+    let bounds = [(1, EVENTS), (0, EVENTS), (5, 30), (17, 17), (30, 5), (EVENTS, EVENTS), (40, EVENTS)];
+    for text in FILTERS.split_whitespace() {
+        for (from, to) in bounds {
+            let expected = naive(&f.events, text, from, to);
+            for limit in [usize::MAX, 1, 2, 5] {
+                assert_eq!(read_paged(&f.store, text, from, to, limit), expected, "{text} {from}..={to} by {limit}");
+            }
+            let first = f.store.read(&filter(text), from, to, 3).expect("reads");
+            assert_eq!(seqs(&first.events), seqs(&expected[..expected.len().min(3)]), "{text} first page");
+        }
+    }
+}
+
+#[test]
+fn read_with_empty_range_or_zero_limit_stays_put() {
+    let f = filled(10);
+    for (from, to, limit) in [(5, 4, 10), (3, 9, 0)] {
+        let chunk = f.store.read(&filter(">"), from, to, limit).expect("reads");
+        assert!(chunk.events.is_empty());
+        assert_eq!(chunk.next, from);
+    }
+}
+
+#[test]
+fn byte_neighbour_subjects_do_not_share_index_ranges() {
+    let f = filled(EVENTS);
+    for subject in ["orders", "orders.1", "ordersX", "a", "a.b", "orders.42"] {
+        let got = read_paged(&f.store, subject, 1, EVENTS, usize::MAX);
+        assert!(!got.is_empty(), "fixture lacks {subject}");
+        assert!(got.iter().all(|e| &e.subject[..] == subject.as_bytes()), "{subject} picked up another subject");
+        let last = got.last().map(|e| (e.seq, e.revision));
+        assert_eq!(f.store.last_of_subject(subject.as_bytes(), EVENTS).expect("last"), last, "{subject}");
+    }
+}
+
+#[test]
+fn scans_past_the_budget_continue_where_they_stopped() {
+    let dir = TempDir::new().expect("temp dir");
+    let store = Store::open(dir.path()).expect("opens");
+    let head = SCAN_BUDGET as u64 + 500;
+    let events: Vec<Event> = (1..=head)
+        .map(|seq| Event {
+            seq,
+            timestamp: seq,
+            revision: if seq == 1 { 1 } else { seq - 1 },
+            subject: Bytes::from_static(if seq == 1 { b"rare.x" } else { b"common.y" }),
+            headers: None,
+            payload: Bytes::new(),
+        })
+        .collect();
+    for batch in events.chunks(10_000) {
+        store.append(batch, &[], &[], Durability::Buffered).expect("appends");
+    }
+    // A full scan that finds nothing more returns after the budget, and says where to go on.
+    let chunk = store.read(&filter("*.x"), 2, head, 10).expect("reads");
+    assert!(chunk.events.is_empty());
+    assert_eq!(chunk.next, 2 + SCAN_BUDGET as u64);
+    assert_eq!(store.read(&filter("*.x"), chunk.next, head, 10).expect("reads").next, head + 1);
+    assert_eq!(seqs(&read_paged(&store, "*.x", 1, head, 10)), [1]);
+    // The backwards search walks more than one budget-sized window to find event 1.
+    assert_eq!(store.last_matching(&filter("*.x"), 0, head).expect("last_matching"), Some(1));
+    assert_eq!(store.last_matching(&filter("*.x"), 1, head).expect("last_matching"), None);
+}
+
+// ---- Point queries ----
+
+#[test]
+fn last_of_subject_respects_head() {
+    let f = filled(EVENTS);
+    for head in 0..=EVENTS {
+        for subject in SUBJECTS.split_whitespace().chain(["nope", "orders.4", "ordersX.42"]) {
+            let expected = f.events.iter().rfind(|e| e.seq <= head && &e.subject[..] == subject.as_bytes());
+            let got = f.store.last_of_subject(subject.as_bytes(), head).expect("last_of_subject");
+            assert_eq!(got, expected.map(|e| (e.seq, e.revision)), "{subject} at head {head}");
+        }
+    }
+}
+
+#[test]
+fn last_matching_finds_the_highest_match_in_the_window() {
+    let f = filled(EVENTS);
+    for text in FILTERS.split_whitespace() {
+        for after in 0..=EVENTS {
+            for head in [after.saturating_sub(1), after, after + 1, after + 4, EVENTS / 2, EVENTS] {
+                let head = head.min(EVENTS);
+                let expected = naive(&f.events, text, after + 1, head).last().map(|e| e.seq);
+                let got = f.store.last_matching(&filter(text), after, head).expect("last_matching");
+                assert_eq!(got, expected, "{text} in ({after}, {head}]");
+            }
+        }
+    }
+}
+
+#[test]
+fn first_at_or_after_handles_repeats_and_both_ends() {
+    let f = filled(EVENTS);
+    let last_timestamp = f.events.last().map_or(0, |e| e.timestamp);
+    for head in [0, 1, 2, 3, 17, EVENTS] {
+        for timestamp in 0..=last_timestamp + 1 {
+            let expected =
+                f.events.iter().find(|e| e.seq <= head && e.timestamp >= timestamp).map_or(head + 1, |e| e.seq);
+            assert_eq!(
+                f.store.first_at_or_after(timestamp, head).expect("search"),
+                expected,
+                "{timestamp} head {head}"
+            );
+        }
+    }
+    // Events 3, 4 and 5 share a timestamp: the search lands on the first of them.
+    assert_eq!(f.events[2].timestamp, f.events[4].timestamp);
+    assert_eq!(f.store.first_at_or_after(f.events[3].timestamp, EVENTS).expect("search"), 3);
+}
+
+#[test]
+fn last_per_subject_reports_each_matching_subject_once() {
+    let f = filled(EVENTS);
+    for text in FILTERS.split_whitespace() {
+        for head in [0, 1, 7, 20, EVENTS] {
+            let mut last: BTreeMap<&[u8], u64> = BTreeMap::new();
+            for event in f.events.iter().filter(|e| e.seq <= head && matches(text.as_bytes(), &e.subject)) {
+                last.insert(&event.subject, event.seq);
+            }
+            let mut expected: Vec<u64> = last.into_values().collect();
+            expected.sort_unstable();
+            let got = f.store.last_per_subject(&filter(text), head).expect("last_per_subject");
+            assert_eq!(got, expected, "{text} at head {head}");
+        }
+    }
+}
+
+// ---- Dedup window ----
+
+fn dedup(timestamp: u64, msg_id: &'static str, seq: u64) -> DedupEntry {
+    DedupEntry { timestamp, msg_id: Bytes::from_static(msg_id.as_bytes()), seq }
+}
+
+#[test]
+fn dedup_window_lists_expires_and_removes() {
+    let dir = TempDir::new().expect("temp dir");
+    let store = Store::open(dir.path()).expect("opens");
+    let events = make_events(5);
+    let entries = [dedup(100, "m1", 1), dedup(200, "m2", 2), dedup(200, "m0", 3), dedup(300, "m3", 4)];
+    store.append(&events[..4], &entries, &[], Durability::Sync).expect("appends");
+    let (m1, m2, m0, m3) = (&entries[0], &entries[1], &entries[2], &entries[3]);
+
+    assert_eq!(store.dedup_since(0).expect("since"), [m1, m0, m2, m3].map(Clone::clone));
+    assert_eq!(store.dedup_since(200).expect("since"), [m0, m2, m3].map(Clone::clone));
+    assert_eq!(store.dedup_since(201).expect("since"), std::slice::from_ref(m3));
+    assert!(store.dedup_since(301).expect("since").is_empty());
+
+    let key = |e: &DedupEntry| Slice::from([&e.timestamp.to_be_bytes()[..], &e.msg_id[..]].concat());
+    assert!(store.dedup_expired(100, 10).expect("expired").is_empty());
+    assert_eq!(store.dedup_expired(201, 10).expect("expired"), [key(m1), key(m0), key(m2)]);
+    let expired = store.dedup_expired(201, 2).expect("expired");
+    assert_eq!(expired, [key(m1), key(m0)]);
+
+    store.append(&events[4..], &[], &expired, Durability::Sync).expect("appends");
+    assert_eq!(store.dedup_since(0).expect("since"), [m2, m3].map(Clone::clone));
+    assert_eq!(store.last_seq().expect("last"), 5);
+}
+
+// ---- Recovery ----
+
+#[test]
+fn reopen_keeps_events_indexes_and_dedup_and_appends_continue() {
+    let Fixture { store, mut events, dir } = filled(EVENTS);
+    store.append(&[], &[dedup(500, "kept", 9)], &[], Durability::Sync).expect("dedup only");
+    drop(store);
+
+    let store = Store::open(dir.path()).expect("reopens");
+    assert_eq!(store.last_seq().expect("last"), EVENTS);
+    for event in &events {
+        assert_eq!(store.get(event.seq).expect("get").as_ref(), Some(event));
+    }
+    assert_eq!(store.dedup_since(0).expect("since"), [dedup(500, "kept", 9)]);
+
+    // Continue the timeline after the reopen, then check everything once more after another.
+    let more = make_events(EVENTS + 6).split_off(EVENTS as usize);
+    store.append(&more, &[], &[], Durability::Buffered).expect("appends after reopen");
+    store.sync().expect("syncs");
+    events.extend(more);
+    drop(store);
+
+    let store = Store::open(dir.path()).expect("reopens again");
+    let head = EVENTS + 6;
+    assert_eq!(store.last_seq().expect("last"), head);
+    for text in ["orders.42.created", "orders.>", "orders.*.created", "*.x", ">"] {
+        assert_eq!(read_paged(&store, text, 1, head, 4), naive(&events, text, 1, head), "{text} after reopen");
+    }
+    let expected = events.iter().rfind(|e| &e.subject[..] == b"orders").map(|e| (e.seq, e.revision));
+    assert_eq!(store.last_of_subject(b"orders", head).expect("last"), expected);
+}
+
+#[test]
+fn acknowledged_mark_survives_reopen_and_never_goes_back() {
+    let f = filled(10);
+    f.store.mark_acknowledged(7).expect("marks");
+    f.store.mark_acknowledged(5).expect("marks");
+    assert_eq!(f.store.acknowledged(), 7);
+    let Fixture { store, dir, .. } = f;
+    drop(store);
+
+    let store = Store::open(dir.path()).expect("reopens");
+    assert_eq!(store.acknowledged(), 7);
+    store.mark_acknowledged(10).expect("marks");
+    drop(store);
+    assert_eq!(Store::open(dir.path()).expect("reopens").acknowledged(), 10);
+}
+
+#[test]
+fn reopen_refuses_a_log_shorter_than_the_acknowledged_mark() {
+    let Fixture { store, dir, .. } = filled(10);
+    store.mark_acknowledged(10).expect("marks");
+    drop(store);
+    let mark = dir.path().join("high-water-mark");
+    assert_eq!(std::fs::read(&mark).expect("mark"), mark_record(10), "mark format");
+
+    std::fs::write(&mark, mark_record(20)).expect("writes mark");
+    let error = open_err(dir.path());
+    assert!(matches!(error, StoreError::LostAcknowledged { head: 10, acknowledged: 20 }), "{error:?}");
+
+    // The refusal destroyed nothing: with the true mark back, the log opens whole.
+    std::fs::write(&mark, mark_record(10)).expect("writes mark");
+    let store = Store::open(dir.path()).expect("reopens");
+    assert_eq!((store.last_seq().expect("last"), store.acknowledged()), (10, 10));
+}
+
+#[test]
+fn reopen_refuses_a_torn_or_corrupt_mark() {
+    let Fixture { store, dir, .. } = filled(10);
+    store.mark_acknowledged(9).expect("marks");
+    drop(store);
+    let mark = dir.path().join("high-water-mark");
+    let good = mark_record(9);
+
+    let mut damaged: Vec<Vec<u8>> = (0..good.len())
+        .map(|i| {
+            let mut bad = good.clone();
+            bad[i] ^= 0x01;
+            bad
+        })
+        .collect();
+    damaged.extend([good[..6].to_vec(), good[..11].to_vec(), Vec::new()]);
+    for bytes in damaged {
+        std::fs::write(&mark, &bytes).expect("writes mark");
+        let error = open_err(dir.path());
+        assert!(matches!(error, StoreError::BadHighWaterMark { .. }), "{bytes:?}: {error:?}");
+    }
+
+    std::fs::write(&mark, &good).expect("writes mark");
+    let store = Store::open(dir.path()).expect("reopens");
+    assert_eq!((store.last_seq().expect("last"), store.acknowledged()), (10, 9));
+}
+
+#[test]
+fn half_initialised_directory_opens_as_a_fresh_log() {
+    let dir = TempDir::new().expect("temp dir");
+    let log = dir.path().join("log");
+    std::fs::create_dir_all(log.join("keyspaces")).expect("creates log dir");
+    std::fs::write(log.join("journal"), b"\xde\xad\xbe\xef not a journal").expect("writes junk");
+    std::fs::write(log.join("keyspaces").join("0"), b"junk").expect("writes junk");
+
+    let store = Store::open(dir.path()).expect("opens a half-initialised dir");
+    assert_eq!((store.last_seq().expect("last"), store.acknowledged()), (0, 0));
+    store.append(&make_events(3), &[], &[], Durability::Sync).expect("appends");
+    drop(store);
+    assert_eq!(Store::open(dir.path()).expect("reopens").last_seq().expect("last"), 3);
+}
+
+/// Rewrites stored event values with fjall directly (the `log` dir and `events` keyspace
+/// are the documented layout), as a disk or a bug below the store could.
+fn tamper(dir: &Path, edit: impl FnOnce(&fjall::Keyspace)) {
+    let db = Database::builder(dir.join("log")).open().expect("opens fjall");
+    let events = db.keyspace("events", KeyspaceCreateOptions::default).expect("events keyspace");
+    edit(&events);
+    drop(events);
+    drop(db);
+}
+
+#[test]
+fn corrupt_or_misplaced_events_are_never_served() {
+    let Fixture { store, events, dir } = filled(10);
+    drop(store);
+    tamper(dir.path(), |ks| {
+        // Event 6's bytes under key 5: a valid encoding, but of another sequence.
+        let six = ks.get(6u64.to_be_bytes()).expect("reads").expect("event 6");
+        ks.insert(5u64.to_be_bytes(), six).expect("writes");
+    });
+
+    let store = Store::open(dir.path()).expect("only the last event is checked at open");
+    assert!(matches!(store.get(5), Err(StoreError::Corrupt { seq: 5 })));
+    assert_eq!(store.get(6).expect("get").as_ref(), Some(&events[5]));
+    assert!(matches!(store.read(&filter(">"), 1, 10, 100), Err(StoreError::Corrupt { seq: 5 })));
+    let subject = std::str::from_utf8(&events[4].subject).expect("utf-8");
+    assert!(matches!(store.read(&filter(subject), 1, 10, 100), Err(StoreError::Corrupt { seq: 5 })));
+    assert_eq!(read_paged(&store, ">", 6, 10, 100), events[5..]);
+}
+
+#[test]
+fn reopen_refuses_a_corrupt_last_event() {
+    let Fixture { store, dir, .. } = filled(10);
+    drop(store);
+    tamper(dir.path(), |ks| {
+        let mut ten = ks.get(10u64.to_be_bytes()).expect("reads").expect("event 10").to_vec();
+        let last = ten.len() - 1;
+        ten[last] ^= 0x20;
+        ks.insert(10u64.to_be_bytes(), ten).expect("writes");
+    });
+    let error = open_err(dir.path());
+    assert!(matches!(error, StoreError::Corrupt { seq: 10 }), "{error:?}");
+}
+
+/// A subject containing 0x00 would sort inside another subject's index range (keys are
+/// `subject 0x00 seq`), so subject validation refuses NUL and such a subject never reaches
+/// the store; the index answers below stay exact.
+#[test]
+fn subject_with_nul_byte_never_reaches_the_store() {
+    let sneaky: &[u8] = b"a\0\0\0\0\0\0\0\0\x01";
+    assert!(Subject::new(Bytes::from_static(sneaky)).is_err());
+    assert!(!crate::subject::is_valid_filter(sneaky));
+}
+
+/// Losing the `high-water-mark` file must not erase the log: a log with events but no mark
+/// was never half-initialised (the mark is created before the first append), so open
+/// refuses it instead of wiping it.
+#[test]
+fn missing_mark_file_with_a_populated_log_is_refused_not_erased() {
+    let Fixture { store, dir, .. } = filled(10);
+    store.mark_acknowledged(10).expect("marks");
+    drop(store);
+    std::fs::remove_file(dir.path().join("high-water-mark")).expect("removes mark");
+
+    assert!(matches!(Store::open(dir.path()), Err(StoreError::MissingHighWaterMark { .. })));
+    assert!(dir.path().join("log").exists(), "the log is still there");
+}
