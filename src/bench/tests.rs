@@ -4,21 +4,26 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use super::fanout::{self, FanoutArgs};
 use super::latency::{self, LatencyArgs};
 use super::{BenchError, CommonArgs};
 use crate::broker::{Broker, BrokerConfig};
 
-/// Starts a server; it stops when the returned sender is dropped.
-async fn server(config: BrokerConfig) -> (String, oneshot::Sender<()>) {
+/// Starts a server on a temporary data directory; it stops when the returned sender is
+/// dropped, and the directory goes with the returned guard.
+async fn server(config: BrokerConfig) -> (String, (oneshot::Sender<()>, tempfile::TempDir)) {
+    let data = tempfile::tempdir().expect("temp dir");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
     let addr = listener.local_addr().expect("local addr").to_string();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(crate::server::run(listener, Arc::new(Broker::new(config)), async {
+    let config = BrokerConfig { data: data.path().to_owned(), ..config };
+    let broker = Broker::start(config, CancellationToken::new()).expect("open the event log");
+    tokio::spawn(crate::server::run(listener, Arc::new(broker), async {
         let _ = stopped.await;
     }));
-    (addr, stop)
+    (addr, (stop, data))
 }
 
 fn common(server: &str, size: usize, count: u64) -> CommonArgs {

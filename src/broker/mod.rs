@@ -1,27 +1,36 @@
-//! The broker: subscriptions and routing. No sockets, no parsing.
+//! The broker: sessions, subscriptions, routing and the timeline. No sockets, no parsing.
 //!
 //! A [`Session`] is one client's view (its options and subscriptions) and is driven by the
-//! connection's reader task with typed [`ClientOp`](crate::protocol::ClientOp)s. Publishing
-//! looks the subject up in the shared [`Sublist`] and pushes a [`Delivery`] onto each
-//! matching subscriber's [`Outbound`] queue; nothing on that path waits for a subscriber.
+//! connection's reader task with typed [`ClientOp`](crate::protocol::ClientOp)s. A message
+//! on a volatile subject is routed at once: the [`router`] looks its subject up in the
+//! subscription trie and pushes it onto each matching subscriber's [`Outbound`] queue,
+//! never waiting for a subscriber. Any other message goes to the [`timeline`] writer, which
+//! stores it and routes it the same way once it is durable.
 
 mod error;
 mod outbound;
+mod router;
 mod session;
+pub mod timeline;
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use bytes::Bytes;
 use rand::Rng;
+use tokio_util::sync::CancellationToken;
 
-use crate::protocol::{DEFAULT_MAX_PAYLOAD, Extensions, Info, Pub};
-use crate::subject::{Filter, Matches, Sublist};
+use crate::protocol::{DEFAULT_MAX_PAYLOAD, Extensions, Info};
+use crate::store::{Store, StoreError};
+use crate::subject::{Filter, matches};
 
 pub use error::BrokerError;
 pub use outbound::{CloseReason, Outbound, Pending, Pushed, SHARE_PAYLOADS_FROM};
+use router::Router;
+pub use router::Subscription;
 pub use session::Session;
+pub use timeline::{FsyncPolicy, Timeline};
 
 /// Default bound on a connection's unsent bytes before it is cut as a slow consumer
 /// (nats-server's `max_pending`).
@@ -36,10 +45,21 @@ pub const DEFAULT_WRITE_DEADLINE: Duration = Duration::from_secs(10);
 /// Longest a publisher pauses for one lagging subscriber before going on.
 pub const MAX_STALL: Duration = Duration::from_millis(100);
 
-/// Settings the broker applies to every connection.
+/// Default window within which a repeated `Nats-Msg-Id` is a duplicate (JetStream's).
+pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(120);
+/// Subjects delivered live and never stored, besides every `$`-prefixed subject.
+pub const DEFAULT_VOLATILE: &str = "_INBOX.>";
+
+/// Settings of the service.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     pub server_name: String,
+    /// Where the event log lives.
+    pub data: PathBuf,
+    pub fsync: FsyncPolicy,
+    pub dedup_window: Duration,
+    /// Filters of subjects that are delivered live but never stored.
+    pub volatile: Vec<Filter>,
     pub max_payload: usize,
     pub max_pending: usize,
     pub ping_interval: Duration,
@@ -50,6 +70,10 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             server_name: "eventline".to_owned(),
+            data: PathBuf::from("./data"),
+            fsync: FsyncPolicy::Always,
+            dedup_window: DEFAULT_DEDUP_WINDOW,
+            volatile: Filter::new(bytes::Bytes::from_static(DEFAULT_VOLATILE.as_bytes())).into_iter().collect(),
             max_payload: DEFAULT_MAX_PAYLOAD,
             max_pending: DEFAULT_MAX_PENDING,
             ping_interval: DEFAULT_PING_INTERVAL,
@@ -62,83 +86,47 @@ impl Default for BrokerConfig {
 pub struct Broker {
     config: BrokerConfig,
     server_id: String,
-    subscriptions: Sublist<Arc<Subscription>>,
+    router: Arc<Router>,
+    timeline: Timeline,
     next_client_id: AtomicU64,
-    next_subscription_id: AtomicU64,
-}
-
-/// One `SUB` of one client. Compared by identity: two `SUB`s with the same subject are
-/// two subscriptions.
-pub struct Subscription {
-    id: u64,
-    client_id: u64,
-    sid: Bytes,
-    filter: Filter,
-    queue: Option<Bytes>,
-    /// Whether the subscriber's client negotiated headers; if not, they are stripped.
-    headers: bool,
-    outbound: Arc<Outbound>,
-    /// Deliveries after which the subscription ends (`UNSUB <sid> <max>`); `u64::MAX` = none.
-    max: AtomicU64,
-    delivered: AtomicU64,
-}
-
-impl PartialEq for Subscription {
-    fn eq(&self, other: &Self) -> bool {
-        self.id == other.id
-    }
-}
-
-impl Subscription {
-    /// Counts one delivery against the `UNSUB` limit; false once the limit is used up.
-    fn take_delivery(&self) -> bool {
-        self.delivered.fetch_add(1, Ordering::Relaxed) < self.max.load(Ordering::Relaxed)
-    }
-
-    fn is_exhausted(&self) -> bool {
-        self.delivered.load(Ordering::Relaxed) >= self.max.load(Ordering::Relaxed)
-    }
-}
-
-/// What routing one message did: how many subscriptions took it, and a subscriber that is
-/// lagging (past half its bound), which the publisher should give a moment to drain.
-#[derive(Default)]
-pub(crate) struct Routed {
-    delivered: usize,
-    lagging: Option<Arc<Outbound>>,
-}
-
-impl Routed {
-    fn note(&mut self, sub: &Subscription, pushed: Pushed) {
-        match pushed {
-            Pushed::Queued => self.delivered += 1,
-            Pushed::Lagging => {
-                self.delivered += 1;
-                self.lagging = Some(Arc::clone(&sub.outbound));
-            }
-            Pushed::Dropped => {}
-        }
-    }
 }
 
 impl Broker {
-    pub fn new(config: BrokerConfig) -> Self {
+    /// Opens the event log in `config.data` and starts the timeline writer. `fatal` is
+    /// cancelled if the log later fails: the process must then stop.
+    ///
+    /// # Errors
+    /// The log cannot be opened, or lost acknowledged events (see [`Store::open`]).
+    pub fn start(config: BrokerConfig, fatal: CancellationToken) -> Result<Self, StoreError> {
+        let store = Arc::new(Store::open(&config.data)?);
+        let router = Arc::new(Router::new());
+        let timeline_config = timeline::TimelineConfig {
+            fsync: config.fsync,
+            dedup_window: config.dedup_window,
+            max_batch_bytes: timeline::MAX_BATCH_BYTES.min(config.max_pending / 4),
+        };
+        let timeline = Timeline::start(store, Arc::clone(&router), &timeline_config, fatal)?;
         let server_id: String = rand::rng()
             .sample_iter(rand::distr::Alphanumeric)
             .take(22)
             .map(|b| char::from(b).to_ascii_uppercase())
             .collect();
-        Broker {
-            config,
-            server_id,
-            subscriptions: Sublist::new(),
-            next_client_id: AtomicU64::new(1),
-            next_subscription_id: AtomicU64::new(1),
-        }
+        Ok(Broker { config, server_id, router, timeline, next_client_id: AtomicU64::new(1) })
     }
 
     pub fn config(&self) -> &BrokerConfig {
         &self.config
+    }
+
+    /// The last sequence stored and delivered live.
+    pub fn head(&self) -> u64 {
+        self.timeline.head()
+    }
+
+    /// Whether messages on `subject` skip the log: `$`-prefixed system subjects and the
+    /// configured volatile filters (request/reply inboxes by default).
+    pub fn is_volatile(&self, subject: &[u8]) -> bool {
+        subject.first() == Some(&b'$') || self.config.volatile.iter().any(|f| matches(f.as_bytes(), subject))
     }
 
     /// The `INFO` a new client receives.
@@ -156,55 +144,5 @@ impl Broker {
             client_ip,
             eventline: Extensions::default(),
         }
-    }
-
-    /// Delivers a message to every matching subscription, echo rules applied.
-    fn route(&self, message: &Pub, publisher: u64, echo: bool) -> Routed {
-        let matches = self.matches(&message.subject);
-        let deliverable = |sub: &Subscription| echo || sub.client_id != publisher;
-        let mut routed = Routed::default();
-        for sub in matches.plain.iter().filter(|s| deliverable(s)) {
-            routed.note(sub, self.deliver(sub, message));
-        }
-        for group in &matches.groups {
-            if let Some((sub, pushed)) = self.deliver_to_one(&group.members, message, &deliverable) {
-                routed.note(sub, pushed);
-            }
-        }
-        routed
-    }
-
-    /// Picks a random member of a queue group (as nats-server does), moving on to the next
-    /// one if that member can't take it.
-    fn deliver_to_one<'a>(
-        &self,
-        members: &'a [Arc<Subscription>],
-        message: &Pub,
-        deliverable: &dyn Fn(&Subscription) -> bool,
-    ) -> Option<(&'a Arc<Subscription>, Pushed)> {
-        let start = rand::rng().random_range(0..members.len().max(1));
-        (0..members.len())
-            .map(|i| &members[(start + i) % members.len()])
-            .filter(|sub| deliverable(sub))
-            .map(|sub| (sub, self.deliver(sub, message)))
-            .find(|(_, pushed)| *pushed != Pushed::Dropped)
-    }
-
-    fn deliver(&self, sub: &Arc<Subscription>, message: &Pub) -> Pushed {
-        if !sub.take_delivery() {
-            return Pushed::Dropped;
-        }
-        let headers = if sub.headers { message.headers.as_deref() } else { None };
-        let pushed =
-            sub.outbound.push_msg(&message.subject, &sub.sid, message.reply.as_deref(), headers, &message.payload);
-        if sub.is_exhausted() {
-            self.subscriptions.remove(&sub.filter, sub.queue.as_ref(), sub);
-        }
-        pushed
-    }
-
-    /// The subscriptions matching `subject`.
-    fn matches(&self, subject: &[u8]) -> Arc<Matches<Arc<Subscription>>> {
-        self.subscriptions.matches(subject)
     }
 }

@@ -2,13 +2,16 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 
+use tracing::debug;
+
+use super::timeline::{AckTo, Append, Request};
 use super::{Broker, BrokerError, Outbound, Subscription};
-use crate::protocol::{ClientOp, Connect, Info, Pub, ServerOp};
-use crate::subject::{Filter, is_valid_subject};
+use crate::protocol::{ClientOp, Connect, Info, Pub, ServerOp, publish_options};
+use crate::subject::{Filter, is_valid_subject, matches};
 
 /// The status header nats-server sends to a requester when nobody listens on the subject.
 const NO_RESPONDERS_HEADER: &[u8] = b"NATS/1.0 503\r\n\r\n";
@@ -25,6 +28,21 @@ pub struct Session {
     sweep_at: usize,
     /// A subscriber this session's publishing pushed past half its bound.
     lagging: Option<Arc<Outbound>>,
+    /// Events this client handed to the timeline writer that are not yet delivered.
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Requests on `$EL.PUB.<subject>` store a message on `<subject>` and answer with JSON.
+const PUBLISH_API: &[u8] = b"$EL.PUB.";
+
+/// Queues the 503 status nats-server sends a requester whose request reached nobody.
+pub(super) fn push_no_responders(outbound: &Outbound, reply: &[u8], sid: &[u8]) {
+    outbound.push_msg(reply, sid, None, Some(NO_RESPONDERS_HEADER), &Bytes::new());
+}
+
+/// A `$`-API error body, shaped like JetStream's.
+fn error_json(code: u16, description: &str) -> serde_json::Value {
+    serde_json::json!({"error": {"code": code, "description": description}})
 }
 
 /// Smallest subscription map that is swept for ended subscriptions.
@@ -43,6 +61,7 @@ impl Session {
             subscriptions: HashMap::new(),
             sweep_at: MIN_SWEEP,
             lagging: None,
+            in_flight: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -62,10 +81,10 @@ impl Session {
     /// # Errors
     /// A [`BrokerError`] whose text the caller sends as `-ERR`; it says whether the
     /// connection must close.
-    pub fn handle(&mut self, op: ClientOp) -> Result<(), BrokerError> {
+    pub async fn handle(&mut self, op: ClientOp) -> Result<(), BrokerError> {
         let acknowledge = match op {
             ClientOp::Ping => {
-                self.outbound.push_op(&ServerOp::Pong);
+                self.ping().await;
                 false
             }
             ClientOp::Pong => false,
@@ -80,15 +99,19 @@ impl Session {
                 true
             }
             ClientOp::Pub(message) => {
-                self.publish(message)?;
+                self.publish(message).await?;
+                false
+            }
+            ClientOp::Apub(message, options) => {
+                self.publish_acknowledged(message, &options).await;
                 false
             }
             ClientOp::Sub { subject, queue, sid } => {
-                self.subscribe(subject, queue, sid)?;
+                self.subscribe(subject, queue, sid).await?;
                 true
             }
             ClientOp::Unsub { sid, max } => {
-                self.unsubscribe(&sid, max);
+                self.unsubscribe(&sid, max).await;
                 true
             }
         };
@@ -98,7 +121,17 @@ impl Session {
         Ok(())
     }
 
-    fn publish(&mut self, message: Pub) -> Result<(), BrokerError> {
+    /// `PING`: `PONG` once everything this client sent before is processed, including its
+    /// events in the timeline writer, so a PING/PONG flush means what it means in NATS.
+    async fn ping(&mut self) {
+        let outbound = Arc::clone(&self.outbound);
+        self.in_order(move || {
+            outbound.push_op(&ServerOp::Pong);
+        })
+        .await;
+    }
+
+    async fn publish(&mut self, message: Pub) -> Result<(), BrokerError> {
         if message.headers.is_some() && !self.options.headers {
             return Err(BrokerError::HeadersNotSupported);
         }
@@ -115,7 +148,17 @@ impl Session {
         if !deliverable {
             return Ok(());
         }
-        let routed = self.broker.route(&message, self.client_id, self.options.echo);
+        if let Some(stored) = message.subject.strip_prefix(PUBLISH_API) {
+            let ack = message.reply.clone().map_or(AckTo::Nobody, AckTo::Reply);
+            let message = Pub { subject: message.subject.slice_ref(stored), reply: None, ..message };
+            self.store(message, Bytes::new(), ack).await;
+            return Ok(());
+        }
+        if !self.broker.is_volatile(&message.subject) {
+            self.store(message, Bytes::new(), AckTo::Nobody).await;
+            return Ok(());
+        }
+        let routed = self.broker.router.route(&message, self.client_id, self.options.echo);
         if routed.lagging.is_some() {
             self.lagging = routed.lagging;
         }
@@ -127,54 +170,117 @@ impl Session {
         Ok(())
     }
 
-    /// Answers a request nobody can take with a 503 status message on the requester's own
-    /// (non-queue) subscription to its reply subject, so the client fails fast instead of
-    /// timing out.
-    fn send_no_responders(&self, reply: &Bytes) {
-        let matches = self.broker.matches(reply);
-        if let Some(sub) = matches.plain.iter().find(|s| s.client_id == self.client_id) {
-            self.outbound.push_msg(reply, &sub.sid, None, Some(NO_RESPONDERS_HEADER), &Bytes::new());
+    /// `APUB`: stored, then answered with `+ACK` or `-NAK`.
+    async fn publish_acknowledged(&mut self, message: Pub, options: &Bytes) {
+        let nak = |reason: String| ServerOp::Nak(reason);
+        if !is_valid_subject(&message.subject) {
+            self.outbound.push_op(&nak("invalid subject: wildcards and empty tokens cannot be stored".to_owned()));
+        } else if self.broker.is_volatile(&message.subject) {
+            let subject = String::from_utf8_lossy(&message.subject);
+            self.outbound.push_op(&nak(format!("subject {subject} is volatile: it is delivered but never stored")));
+        } else {
+            self.store(message, options.clone(), AckTo::Line(Arc::clone(&self.outbound))).await;
         }
     }
 
-    fn subscribe(&mut self, subject: Bytes, queue: Option<Bytes>, sid: Bytes) -> Result<(), BrokerError> {
+    /// Hands a message for a stored subject to the timeline writer, which delivers it once
+    /// durable and answers `ack`. A condition that does not parse refuses the message.
+    async fn store(&mut self, message: Pub, line_options: Bytes, ack: AckTo) {
+        let options = match publish_options(&line_options, message.headers.as_deref()) {
+            Ok(options) => options,
+            Err(reason) => {
+                match &ack {
+                    AckTo::Line(outbound) => {
+                        outbound.push_op(&ServerOp::Nak(reason));
+                    }
+                    AckTo::Reply(subject) => self.reply_json(subject, &error_json(400, &reason)),
+                    AckTo::Nobody => debug!(client = self.client_id, %reason, "publish refused"),
+                }
+                return;
+            }
+        };
+        // The 503 must not overtake the events before it, so the writer sends it after fan-out.
+        let no_responders = match &message.reply {
+            Some(reply) if self.options.no_responders => {
+                self.reply_subscription(reply).map(|sid| (Arc::clone(&self.outbound), sid))
+            }
+            _ => None,
+        };
+        let in_flight = Arc::clone(&self.in_flight);
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        let publisher = self.client_id;
+        let append = Append { message, options, publisher, echo: self.options.echo, ack, no_responders, in_flight };
+        if self.broker.timeline.send(Request::Append(Box::new(append))).await.is_err() {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.outbound.push_op(&ServerOp::Nak("storage failure: the event log is not accepting writes".to_owned()));
+        }
+    }
+
+    /// Publishes a JSON reply (a `$`-API answer) on a volatile subject.
+    fn reply_json(&self, subject: &Bytes, body: &serde_json::Value) {
+        let reply =
+            Pub { subject: subject.clone(), reply: None, headers: None, payload: Bytes::from(body.to_string()) };
+        self.broker.router.route(&reply, self.client_id, true);
+    }
+
+    /// Answers a request nobody can take with a 503 status message on the requester's own
+    /// subscription to its reply subject, so the client fails fast instead of timing out.
+    fn send_no_responders(&self, reply: &Bytes) {
+        if let Some(sid) = self.reply_subscription(reply) {
+            push_no_responders(&self.outbound, reply, &sid);
+        }
+    }
+
+    /// The sid of this client's own (non-queue) subscription matching `reply`, as
+    /// nats-server picks it for the no-responders status. Looked up in the session's own
+    /// table, which also holds subscriptions still waiting for their turn in the writer.
+    fn reply_subscription(&self, reply: &[u8]) -> Option<Bytes> {
+        self.subscriptions
+            .values()
+            .find(|s| s.queue.is_none() && !s.is_exhausted() && matches(s.filter.as_bytes(), reply))
+            .map(|s| s.sid.clone())
+    }
+
+    async fn subscribe(&mut self, subject: Bytes, queue: Option<Bytes>, sid: Bytes) -> Result<(), BrokerError> {
         let filter = Filter::new(subject).map_err(|_| BrokerError::InvalidSubject)?;
         if self.subscriptions.get(&sid).is_some_and(|existing| !existing.is_exhausted()) {
             // nats-server keeps the first subscription of a sid and ignores the repeat.
             return Ok(());
         }
-        let subscription = Arc::new(Subscription {
-            id: self.broker.next_subscription_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            client_id: self.client_id,
-            sid: sid.clone(),
-            filter,
-            queue,
-            headers: self.options.headers,
-            outbound: Arc::clone(&self.outbound),
-            max: AtomicU64::new(u64::MAX),
-            delivered: AtomicU64::new(0),
-        });
-        self.broker.subscriptions.insert(&subscription.filter, subscription.queue.as_ref(), Arc::clone(&subscription));
-        self.subscriptions.insert(sid, subscription);
+        let router = Arc::clone(&self.broker.router);
+        let outbound = Arc::clone(&self.outbound);
+        let subscription =
+            router.subscription(self.client_id, sid.clone(), filter, queue, self.options.headers, outbound);
+        self.subscriptions.insert(sid, Arc::clone(&subscription));
         if self.subscriptions.len() >= self.sweep_at {
             self.subscriptions.retain(|_, s| !s.is_exhausted());
             self.sweep_at = (self.subscriptions.len() * 2).max(MIN_SWEEP);
         }
+        self.in_order(move || router.activate(&subscription)).await;
         Ok(())
     }
 
-    /// `UNSUB <sid> [max]`: with `max`, the subscription ends after `max` deliveries in all
-    /// (at once if it already had them); an unknown sid is ignored, as nats-server does.
-    fn unsubscribe(&mut self, sid: &Bytes, max: Option<u64>) {
-        let Some(subscription) = self.subscriptions.get(sid) else { return };
-        if let Some(max) = max.filter(|&max| max > 0) {
-            subscription.max.store(max, std::sync::atomic::Ordering::Relaxed);
-            if !subscription.is_exhausted() {
-                return;
-            }
+    /// `UNSUB <sid> [max]`; an unknown sid is ignored, as nats-server does.
+    async fn unsubscribe(&mut self, sid: &Bytes, max: Option<u64>) {
+        let Some(subscription) = self.subscriptions.get(sid).cloned() else { return };
+        if max.is_none_or(|max| max == 0) {
+            self.subscriptions.remove(sid);
         }
-        if let Some(subscription) = self.subscriptions.remove(sid) {
-            self.broker.subscriptions.remove(&subscription.filter, subscription.queue.as_ref(), &subscription);
+        let router = Arc::clone(&self.broker.router);
+        self.in_order(move || router.unsubscribe_after(&subscription, max)).await;
+    }
+
+    /// Runs `action` (a change to what this client receives, or its `PONG`) after every
+    /// event this client has handed to the timeline writer is delivered, so the client's
+    /// ops keep their order as in NATS: `PUB` then `UNSUB` still delivers the message, and
+    /// `PUB` then `SUB` does not. With nothing in flight it runs at once.
+    async fn in_order(&self, action: impl FnOnce() + Send + 'static) {
+        let action: Box<dyn FnOnce() + Send> = Box::new(action);
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            return action();
+        }
+        if let Err(Request::Call(action)) = self.broker.timeline.send(Request::Call(action)).await {
+            action();
         }
     }
 }
@@ -183,7 +289,7 @@ impl Drop for Session {
     /// A closed connection's subscriptions leave the routing table with it.
     fn drop(&mut self) {
         for subscription in self.subscriptions.values() {
-            self.broker.subscriptions.remove(&subscription.filter, subscription.queue.as_ref(), subscription);
+            self.broker.router.unsubscribe(subscription);
         }
     }
 }

@@ -45,6 +45,15 @@ impl Decoder for ClientCodec {
                 sid: frame.slice(sid),
             },
             RawOp::Unsub { sid, max } => ClientOp::Unsub { sid: frame.slice(sid), max },
+            RawOp::Apub { subject, headers, payload, options } => ClientOp::Apub(
+                Pub {
+                    subject: frame.slice(subject),
+                    reply: None,
+                    headers: headers.map(|h| frame.slice(h)),
+                    payload: frame.slice(payload),
+                },
+                frame.slice(options),
+            ),
             RawOp::Ping => ClientOp::Ping,
             RawOp::Pong => ClientOp::Pong,
         }))

@@ -27,6 +27,22 @@ pub fn server_op(op: &ServerOp, dst: &mut BytesMut) {
         }
         ServerOp::Ping => dst.put_slice(b"PING\r\n"),
         ServerOp::Pong => dst.put_slice(b"PONG\r\n"),
+        ServerOp::Ack { seq, revision, duplicate } => {
+            let mut numbers = itoa::Buffer::new();
+            dst.put_slice(b"+ACK seq=");
+            dst.put_slice(numbers.format(*seq).as_bytes());
+            dst.put_slice(b" rev=");
+            dst.put_slice(numbers.format(*revision).as_bytes());
+            if *duplicate {
+                dst.put_slice(b" duplicate");
+            }
+            dst.put_slice(b"\r\n");
+        }
+        ServerOp::Nak(reason) => {
+            dst.put_slice(b"-NAK '");
+            dst.put_slice(reason.as_bytes());
+            dst.put_slice(b"'\r\n");
+        }
     }
 }
 

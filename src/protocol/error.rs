@@ -34,6 +34,7 @@ pub enum Usage {
     Hpub,
     Sub,
     Unsub,
+    Apub,
 }
 
 impl ProtocolError {
@@ -49,6 +50,9 @@ impl ProtocolError {
             }
             ProtocolError::InvalidArguments(Usage::Sub) => "Invalid Arguments, expected SUB <subject> [queue] <sid>",
             ProtocolError::InvalidArguments(Usage::Unsub) => "Invalid Arguments, expected UNSUB <sid> [max]",
+            ProtocolError::InvalidArguments(Usage::Apub) => {
+                "Invalid Arguments, expected APUB <subject> [#header bytes] <#total bytes> [option=value ...]"
+            }
             ProtocolError::InvalidConnect => "Invalid CONNECT JSON",
             ProtocolError::Io(_) => "Read Error",
         }

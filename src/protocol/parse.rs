@@ -21,11 +21,31 @@ use super::{MAX_CONTROL_LINE, ProtocolError, Usage};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RawOp {
     Connect(Range<usize>),
-    Pub { subject: Range<usize>, reply: Option<Range<usize>>, headers: Option<Range<usize>>, payload: Range<usize> },
-    Sub { subject: Range<usize>, queue: Option<Range<usize>>, sid: Range<usize> },
-    Unsub { sid: Range<usize>, max: Option<u64> },
+    Pub {
+        subject: Range<usize>,
+        reply: Option<Range<usize>>,
+        headers: Option<Range<usize>>,
+        payload: Range<usize>,
+    },
+    Sub {
+        subject: Range<usize>,
+        queue: Option<Range<usize>>,
+        sid: Range<usize>,
+    },
+    Unsub {
+        sid: Range<usize>,
+        max: Option<u64>,
+    },
     Ping,
     Pong,
+    /// `APUB`: a publish with its options text (`key=value ...`), parsed by
+    /// [`super::publish_options`] so a bad option is a `-NAK`, not a closed connection.
+    Apub {
+        subject: Range<usize>,
+        headers: Option<Range<usize>>,
+        payload: Range<usize>,
+        options: Range<usize>,
+    },
 }
 
 /// A whole op and how many bytes of the buffer it used.
@@ -103,6 +123,27 @@ pub fn parse_client_op(buf: &[u8], max_payload: usize) -> Result<Option<Parsed>,
             };
             return Ok(Some(Parsed { op, len }));
         }
+        Some(Verb::Apub) => {
+            // APUB <subject> [#header bytes] <#total bytes> [option=value ...]
+            let (subject, rest) = first_arg(args).ok_or(ProtocolError::InvalidArguments(Usage::Apub))?;
+            let (first, rest) = first_arg(rest).ok_or(ProtocolError::InvalidArguments(Usage::Apub))?;
+            let (header_size, total_size, options) = match first_arg(rest) {
+                Some((second, options)) if second.iter().all(u8::is_ascii_digit) => (Some(first), second, options),
+                _ => (None, first, rest),
+            };
+            let Some((whole, len)) = message_body(buf, after_line, header_size, total_size, max_payload, Usage::Apub)?
+            else {
+                return Ok(None);
+            };
+            let header_end = whole.start + header_size.map_or(0, header_len);
+            let op = RawOp::Apub {
+                subject: range(subject),
+                headers: header_size.map(|_| whole.start..header_end),
+                payload: header_end..whole.end,
+                options: range(options.trim_ascii()),
+            };
+            return Ok(Some(Parsed { op, len }));
+        }
         None => return Err(ProtocolError::UnknownOperation),
     };
     Ok(Some(Parsed { op, len: after_line }))
@@ -140,6 +181,7 @@ fn header_len(digits: &[u8]) -> usize {
 
 #[derive(Clone, Copy)]
 enum Verb {
+    Apub,
     Connect,
     Pub,
     Hpub,
@@ -152,7 +194,8 @@ enum Verb {
 impl Verb {
     /// Case-insensitive, without allocating: this runs once per op.
     fn of(word: &[u8]) -> Option<Verb> {
-        const VERBS: [(&[u8], Verb); 5] = [
+        const VERBS: [(&[u8], Verb); 6] = [
+            (b"APUB", Verb::Apub),
             (b"PUB", Verb::Pub),
             (b"HPUB", Verb::Hpub),
             (b"SUB", Verb::Sub),
@@ -203,6 +246,12 @@ fn is_blank(b: u8) -> bool {
 
 fn verb(line: &[u8]) -> IResult<&[u8], &[u8]> {
     take_while1(|b: u8| b.is_ascii_alphabetic()).parse(line)
+}
+
+/// The first blank-separated argument and what follows it.
+fn first_arg(input: &[u8]) -> Option<(&[u8], &[u8])> {
+    let result: IResult<&[u8], &[u8]> = preceded(space1, take_till1(is_blank)).parse(input);
+    result.ok().map(|(rest, arg)| (arg, rest))
 }
 
 pub(super) fn split_args(mut input: &[u8]) -> Option<Args<'_>> {

@@ -70,7 +70,7 @@ async fn read_loop(
                     if op == ClientOp::Pong {
                         pings_out = 0;
                     }
-                    if let Err(error) = session.handle(op) {
+                    if let Err(error) = session.handle(op).await {
                         outbound.push_op(&ServerOp::Err(error.wire_text()));
                         if error.closes_connection() {
                             return CloseReason::ProtocolError;

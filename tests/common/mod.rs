@@ -12,13 +12,17 @@ use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// The longest any single network wait in a test may take.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A running server, stopped by [`TestServer::stop`] (or when the test's runtime ends).
+/// A running server on a fresh data directory (removed when the server is dropped),
+/// stopped by [`TestServer::stop`] or when the test's runtime ends.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Kept alive for the server's lifetime; `None` when the caller owns the directory.
+    _data: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -28,15 +32,25 @@ impl TestServer {
         TestServer::with_config(BrokerConfig::default()).await
     }
 
+    /// A server with `config`, its data in a new temporary directory.
     pub async fn with_config(config: BrokerConfig) -> TestServer {
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut server = TestServer::start_in(data.path(), config).await;
+        server._data = Some(data);
+        server
+    }
+
+    /// A server on the data directory `dir` (e.g. to restart on the same log).
+    pub async fn start_in(dir: &std::path::Path, config: BrokerConfig) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let broker = Arc::new(Broker::new(config));
+        let config = BrokerConfig { data: dir.to_owned(), ..config };
+        let broker = Arc::new(Broker::start(config, CancellationToken::new()).expect("open the event log"));
         let task = tokio::spawn(eventline::server::run(listener, broker, async {
             let _ = stopped.await;
         }));
-        TestServer { addr, stop: Some(stop), task }
+        TestServer { addr, _data: None, stop: Some(stop), task }
     }
 
     /// The `nats://` URL for async-nats.

@@ -1,0 +1,527 @@
+//! The timeline writer: the one place that allocates sequences and appends to the log.
+//!
+//! Connections hand it [`Request`]s over a bounded channel (a flood of publishers waits
+//! there instead of growing memory). Its thread drains whatever is queued, checks each
+//! append's conditions (dedup, expected sequences, unchanged-since) against the log plus
+//! the batch so far, assigns sequences, writes ONE batch to the store, persists it per the
+//! fsync policy (group commit: one fsync for the batch), then fans the batch out live in
+//! sequence order, and only then acknowledges. So a subscriber never sees an event that a
+//! crash could take back (with `always`), and live delivery and replay agree on order.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+use super::router::Router;
+use super::session::push_no_responders;
+use super::{MAX_STALL, Outbound};
+use crate::protocol::{Pub, PublishOptions, ServerOp};
+use crate::store::{DedupEntry, Durability, Event, Store, StoreError};
+use crate::subject::{Filter, matches};
+
+/// Appends one writer batch takes at most; more wait for the next batch.
+const MAX_BATCH: usize = 4096;
+/// Payload bytes one writer batch takes at most (see [`TimelineConfig::max_batch_bytes`]).
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Requests that may wait for the writer before publishers are held back.
+const QUEUE_DEPTH: usize = 8192;
+/// Subjects whose last sequence and revision the writer keeps in memory.
+const SUBJECT_CACHE: usize = 100_000;
+
+/// When an appended event counts as durable, and so when it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// fdatasync each batch before acknowledging it: acknowledged events survive power loss.
+    Always,
+    /// Acknowledge once written to the OS and fdatasync every interval: acknowledged events
+    /// survive a crash of the process, but a power loss may take the last interval back.
+    Interval(Duration),
+    /// Acknowledge once written to the OS and leave syncing to it: survives a crash of the
+    /// process, not of the machine.
+    Never,
+}
+
+/// Who hears how an append went.
+pub(crate) enum AckTo {
+    /// A plain `PUB`: nobody (NATS semantics).
+    Nobody,
+    /// `APUB`: a `+ACK`/`-NAK` line to the publisher.
+    Line(Arc<Outbound>),
+    /// A `$`-API request: a JSON reply published to this subject.
+    Reply(Bytes),
+}
+
+/// One publish to store.
+pub(crate) struct Append {
+    /// Validated, non-volatile subject.
+    pub message: Pub,
+    pub options: PublishOptions,
+    pub publisher: u64,
+    pub echo: bool,
+    pub ack: AckTo,
+    /// The requester's outbound and reply sid, if it wants a 503 when nobody is listening.
+    pub no_responders: Option<(Arc<Outbound>, Bytes)>,
+    /// The publisher's count of undelivered appends, decremented once this one is done.
+    pub in_flight: Arc<AtomicUsize>,
+}
+
+pub(crate) enum Request {
+    Append(Box<Append>),
+    /// Run once everything queued before it is stored and delivered: a client's `PONG`,
+    /// `SUB` or `UNSUB` that must keep its place after the client's own publishes.
+    Call(Box<dyn FnOnce() + Send>),
+    /// The `interval` fsync policy's tick.
+    Sync,
+}
+
+impl Request {
+    /// Payload bytes, for the batch bound.
+    fn size(&self) -> usize {
+        match self {
+            Request::Append(append) => {
+                append.message.payload.len() + append.message.headers.as_ref().map_or(0, Bytes::len)
+            }
+            Request::Call(_) | Request::Sync => 0,
+        }
+    }
+}
+
+/// How an append went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Stored {
+        seq: u64,
+        revision: u64,
+    },
+    Duplicate {
+        seq: u64,
+        revision: u64,
+    },
+    Rejected(Conflict),
+    /// The log failed; nothing more will be acknowledged.
+    Failed,
+}
+
+/// A publish condition that did not hold; nothing was stored or delivered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Conflict {
+    #[error("wrong last sequence: expected {expected}, actual {actual}")]
+    LastSequence { expected: u64, actual: u64 },
+    #[error("wrong last subject sequence: expected {expected}, actual {actual}")]
+    LastSubjectSequence { expected: u64, actual: u64 },
+    #[error("wrong revision: expected {expected}, actual {actual}")]
+    Revision { expected: u64, actual: u64 },
+    #[error("{filter} changed after {after}: sequence {actual}")]
+    Changed { filter: String, after: u64, actual: u64 },
+    #[error("invalid filter {0}")]
+    InvalidFilter(String),
+}
+
+/// The handle connections use to reach the writer.
+#[derive(Clone)]
+pub struct Timeline {
+    requests: mpsc::Sender<Request>,
+    head: watch::Receiver<u64>,
+    failed: Arc<AtomicBool>,
+}
+
+/// Start-up settings of the writer.
+pub struct TimelineConfig {
+    pub fsync: FsyncPolicy,
+    pub dedup_window: Duration,
+    /// Payload bytes per batch. A batch is fanned out at once, so it is kept well under a
+    /// subscriber's outbound bound: one batch alone must never make a reader a slow consumer.
+    pub max_batch_bytes: usize,
+}
+
+impl Timeline {
+    /// Starts the writer thread over `store`. `fatal` is cancelled if the log fails, so
+    /// the process can stop (it must not go on acknowledging).
+    ///
+    /// # Errors
+    /// Reading the dedup window from the store, or spawning the thread.
+    pub(crate) fn start(
+        store: Arc<Store>,
+        router: Arc<Router>,
+        config: &TimelineConfig,
+        fatal: CancellationToken,
+    ) -> Result<Timeline, StoreError> {
+        let head = store.last_seq()?;
+        let last_timestamp = match head {
+            0 => 0,
+            seq => store.get(seq)?.map_or(0, |event| event.timestamp),
+        };
+        let (requests, receiver) = mpsc::channel(QUEUE_DEPTH);
+        let (head_sender, head_receiver) = watch::channel(head);
+        let failed = Arc::new(AtomicBool::new(false));
+        let mut writer = Writer {
+            max_batch_bytes: config.max_batch_bytes,
+            store,
+            router,
+            fsync: config.fsync,
+            dedup_window: nanos(config.dedup_window),
+            head,
+            last_timestamp,
+            subjects: HashMap::new(),
+            dedup: HashMap::new(),
+            dedup_order: VecDeque::new(),
+            dedup_backlog: true,
+            head_sender,
+            failed: Arc::clone(&failed),
+            fatal,
+            runtime: tokio::runtime::Handle::current(),
+        };
+        writer.load_dedup_window()?;
+        std::thread::Builder::new().name("timeline-writer".into()).spawn(move || writer.run(receiver))?;
+        if let FsyncPolicy::Interval(every) = config.fsync {
+            let ticks = requests.clone();
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(every);
+                while ticks.send(Request::Sync).await.is_ok() {
+                    interval.tick().await;
+                }
+            });
+        }
+        Ok(Timeline { requests, head: head_receiver, failed })
+    }
+
+    /// Queues a request, waiting while the writer's queue is full (backpressure).
+    ///
+    /// # Errors
+    /// The request back, once the writer has stopped.
+    pub(crate) async fn send(&self, request: Request) -> Result<(), Request> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(request);
+        }
+        self.requests.send(request).await.map_err(|rejected| rejected.0)
+    }
+
+    /// The last sequence stored and fanned out live.
+    pub fn head(&self) -> u64 {
+        *self.head.borrow()
+    }
+}
+
+struct Writer {
+    max_batch_bytes: usize,
+    store: Arc<Store>,
+    router: Arc<Router>,
+    fsync: FsyncPolicy,
+    dedup_window: u64,
+    head: u64,
+    last_timestamp: u64,
+    /// subject -> (last sequence, revision), for revisions and condition checks.
+    subjects: HashMap<Bytes, (u64, u64)>,
+    /// msg id -> (sequence, revision) within the dedup window, and the ids by time.
+    dedup: HashMap<Bytes, (u64, u64)>,
+    dedup_order: VecDeque<(u64, Bytes, u64)>,
+    /// Whether the store may still hold dedup entries older than the window.
+    dedup_backlog: bool,
+    head_sender: watch::Sender<u64>,
+    failed: Arc<AtomicBool>,
+    fatal: CancellationToken,
+    /// For bounded waits on lagging subscribers from this (non-runtime) thread.
+    runtime: tokio::runtime::Handle,
+}
+
+/// An admitted append, waiting for its batch to commit.
+struct Admitted {
+    append: Box<Append>,
+    outcome: Outcome,
+}
+
+enum Completion {
+    Append(Admitted),
+    Call(Box<dyn FnOnce() + Send>),
+}
+
+impl Writer {
+    fn run(mut self, mut receiver: mpsc::Receiver<Request>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = receiver.blocking_recv() {
+            let mut bytes = first.size();
+            batch.push(first);
+            while batch.len() < MAX_BATCH && bytes < self.max_batch_bytes {
+                match receiver.try_recv() {
+                    Ok(request) => {
+                        bytes += request.size();
+                        batch.push(request);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if let Err(failure) = self.process(&mut batch) {
+                error!(error = %failure, "the event log failed; no more events will be acknowledged");
+                self.failed.store(true, Ordering::Relaxed);
+                self.fatal.cancel();
+                return;
+            }
+        }
+    }
+
+    /// Admits, stores, fans out and acknowledges one batch of requests.
+    fn process(&mut self, batch: &mut Vec<Request>) -> Result<(), StoreError> {
+        if self.subjects.len() > SUBJECT_CACHE {
+            self.subjects.clear();
+        }
+        let mut events = Vec::new();
+        let mut new_dedup = Vec::new();
+        let mut completions = Vec::with_capacity(batch.len());
+        let mut sync = false;
+        for request in batch.drain(..) {
+            match request {
+                Request::Append(append) => {
+                    let outcome = match self.admit(&append, &events) {
+                        Ok(outcome) => outcome,
+                        Err(failure) => {
+                            self.fail(completions, Some(append));
+                            return Err(failure);
+                        }
+                    };
+                    if let Outcome::Stored { seq, revision } = outcome {
+                        self.record(&append, seq, revision, &mut events, &mut new_dedup);
+                    }
+                    completions.push(Completion::Append(Admitted { append, outcome }));
+                }
+                Request::Call(action) => completions.push(Completion::Call(action)),
+                Request::Sync => sync = true,
+            }
+        }
+        let expired = self.expire_dedup()?;
+        if !events.is_empty() || !expired.is_empty() {
+            let durability = match self.fsync {
+                FsyncPolicy::Always => Durability::Sync,
+                FsyncPolicy::Interval(_) | FsyncPolicy::Never => Durability::Buffered,
+            };
+            if let Err(failure) = self.store.append(&events, &new_dedup, &expired, durability) {
+                self.fail(completions, None);
+                return Err(failure);
+            }
+            if self.fsync == FsyncPolicy::Always {
+                self.store.mark_acknowledged(self.head)?;
+            }
+        }
+        if sync {
+            self.store.sync()?;
+            self.store.mark_acknowledged(self.head)?;
+        }
+        self.head_sender.send_replace(self.head);
+        let mut stall_budget = MAX_STALL;
+        for completion in completions {
+            match completion {
+                Completion::Append(admitted) => {
+                    if matches!(admitted.outcome, Outcome::Stored { .. }) {
+                        self.fan_out(&admitted.append, &mut stall_budget);
+                    }
+                    self.acknowledge(&admitted.append.ack, &admitted.outcome);
+                    admitted.append.in_flight.fetch_sub(1, Ordering::AcqRel);
+                }
+                Completion::Call(action) => action(),
+            }
+        }
+        Ok(())
+    }
+
+    /// Delivers a stored message live. A subscriber pushed past half its bound gets a moment
+    /// to drain, so a burst written as one batch does not cut off a subscriber that is
+    /// merely behind; the waits of one batch add up to at most `stall_budget` (as a live
+    /// publisher pauses at most [`MAX_STALL`] per read), so a stuck subscriber costs the
+    /// others little before it is cut.
+    fn fan_out(&self, append: &Append, stall_budget: &mut Duration) {
+        let routed = self.router.route(&append.message, append.publisher, append.echo);
+        if let Some(lagging) = routed.lagging.filter(|_| !stall_budget.is_zero()) {
+            let started = std::time::Instant::now();
+            let budget = *stall_budget;
+            // The timer must be created inside the runtime's context.
+            let _ = self.runtime.block_on(async { tokio::time::timeout(budget, lagging.wait_drained()).await });
+            *stall_budget = stall_budget.saturating_sub(started.elapsed());
+        }
+        if routed.delivered == 0 {
+            if let (Some((outbound, sid)), Some(reply)) = (&append.no_responders, &append.message.reply) {
+                push_no_responders(outbound, reply, sid);
+            }
+        }
+    }
+
+    /// Checks an append's conditions; dedup first, as JetStream does.
+    fn admit(&mut self, append: &Append, batch: &[Event]) -> Result<Outcome, StoreError> {
+        let options = &append.options;
+        if let Some(&(seq, revision)) = options.msg_id.as_ref().and_then(|id| self.dedup.get(id)) {
+            return Ok(Outcome::Duplicate { seq, revision });
+        }
+        let subject = &append.message.subject;
+        if let Some(expected) = options.expected_last_seq.filter(|&expected| expected != self.head) {
+            return Ok(Outcome::Rejected(Conflict::LastSequence { expected, actual: self.head }));
+        }
+        let (last_seq, last_revision) = self.last_of_subject(subject)?;
+        if let Some(expected) = options.expected_last_subject_seq.filter(|&expected| expected != last_seq) {
+            return Ok(Outcome::Rejected(Conflict::LastSubjectSequence { expected, actual: last_seq }));
+        }
+        if let Some(expected) = options.expected_revision.filter(|&expected| expected != last_revision) {
+            return Ok(Outcome::Rejected(Conflict::Revision { expected, actual: last_revision }));
+        }
+        if let Some(unchanged) = &options.unchanged_since {
+            let committed = self.head - batch.len() as u64;
+            for text in &unchanged.filters {
+                let Ok(filter) = Filter::new(text.clone()) else {
+                    return Ok(Outcome::Rejected(Conflict::InvalidFilter(String::from_utf8_lossy(text).into_owned())));
+                };
+                let in_batch = batch.iter().rev().find(|e| e.seq > unchanged.after && matches(text, &e.subject));
+                let actual = match in_batch {
+                    Some(event) => Some(event.seq),
+                    None => self.store.last_matching(&filter, unchanged.after, committed)?,
+                };
+                if let Some(actual) = actual {
+                    let filter = String::from_utf8_lossy(text).into_owned();
+                    return Ok(Outcome::Rejected(Conflict::Changed { filter, after: unchanged.after, actual }));
+                }
+            }
+        }
+        Ok(Outcome::Stored { seq: self.head + 1, revision: last_revision + 1 })
+    }
+
+    /// The last sequence and revision of `subject`, counting events admitted but not yet
+    /// committed (the cache is only trimmed between batches).
+    fn last_of_subject(&mut self, subject: &Bytes) -> Result<(u64, u64), StoreError> {
+        if let Some(&last) = self.subjects.get(subject) {
+            return Ok(last);
+        }
+        let last = self.store.last_of_subject(subject, self.head)?.unwrap_or((0, 0));
+        self.subjects.insert(subject.clone(), last);
+        Ok(last)
+    }
+
+    /// Assigns an admitted append its place in the log.
+    fn record(
+        &mut self,
+        append: &Append,
+        seq: u64,
+        revision: u64,
+        events: &mut Vec<Event>,
+        dedup: &mut Vec<DedupEntry>,
+    ) {
+        let timestamp =
+            nanos(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()).max(self.last_timestamp);
+        self.head = seq;
+        self.last_timestamp = timestamp;
+        let message = &append.message;
+        self.subjects.insert(message.subject.clone(), (seq, revision));
+        if let Some(msg_id) = &append.options.msg_id {
+            self.dedup.insert(msg_id.clone(), (seq, revision));
+            self.dedup_order.push_back((timestamp, msg_id.clone(), seq));
+            dedup.push(DedupEntry { timestamp, msg_id: msg_id.clone(), seq });
+        }
+        events.push(Event {
+            seq,
+            timestamp,
+            revision,
+            subject: message.subject.clone(),
+            headers: message.headers.clone(),
+            payload: message.payload.clone(),
+        });
+    }
+
+    /// Forgets message ids older than the window; returns their store keys to delete.
+    fn expire_dedup(&mut self) -> Result<Vec<fjall::Slice>, StoreError> {
+        let cutoff = self.last_timestamp.saturating_sub(self.dedup_window);
+        while let Some((timestamp, msg_id, seq)) = self.dedup_order.front() {
+            if *timestamp >= cutoff {
+                break;
+            }
+            // The id may have been published again since; only forget this occurrence.
+            if self.dedup.get(msg_id).is_some_and(|&(current, _)| current == *seq) {
+                self.dedup.remove(msg_id);
+            }
+            self.dedup_order.pop_front();
+            self.dedup_backlog = true;
+        }
+        if !self.dedup_backlog {
+            return Ok(Vec::new());
+        }
+        let expired = self.store.dedup_expired(cutoff, MAX_BATCH)?;
+        self.dedup_backlog = expired.len() == MAX_BATCH;
+        Ok(expired)
+    }
+
+    /// Reloads the ids still inside the dedup window, so it survives a restart.
+    fn load_dedup_window(&mut self) -> Result<(), StoreError> {
+        let now = nanos(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default());
+        for entry in self.store.dedup_since(now.saturating_sub(self.dedup_window))? {
+            let revision = self.store.get(entry.seq)?.map_or(0, |event| event.revision);
+            self.dedup.insert(entry.msg_id.clone(), (entry.seq, revision));
+            self.dedup_order.push_back((entry.timestamp, entry.msg_id, entry.seq));
+        }
+        Ok(())
+    }
+
+    fn acknowledge(&self, ack: &AckTo, outcome: &Outcome) {
+        match ack {
+            AckTo::Nobody => {}
+            AckTo::Line(outbound) => {
+                outbound.push_op(&match outcome {
+                    Outcome::Stored { seq, revision } => {
+                        ServerOp::Ack { seq: *seq, revision: *revision, duplicate: false }
+                    }
+                    Outcome::Duplicate { seq, revision } => {
+                        ServerOp::Ack { seq: *seq, revision: *revision, duplicate: true }
+                    }
+                    Outcome::Rejected(conflict) => ServerOp::Nak(conflict.to_string()),
+                    Outcome::Failed => ServerOp::Nak("storage failure: the event was not stored".to_owned()),
+                });
+            }
+            AckTo::Reply(subject) => {
+                let reply = Pub {
+                    subject: subject.clone(),
+                    reply: None,
+                    headers: None,
+                    payload: Bytes::from(outcome_json(outcome).to_string()),
+                };
+                self.router.route(&reply, 0, true);
+            }
+        }
+    }
+
+    /// Answers everything of a batch that cannot be stored because the log failed.
+    fn fail(&self, completions: Vec<Completion>, pending: Option<Box<Append>>) {
+        warn!("answering the current batch with storage failures");
+        let appends = completions.into_iter().filter_map(|c| match c {
+            Completion::Append(admitted) => Some(admitted.append),
+            Completion::Call(_) => None,
+        });
+        for append in appends.chain(pending) {
+            self.acknowledge(&append.ack, &Outcome::Failed);
+            append.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The JSON reply of a `$`-API publish, shaped like JetStream's PubAck.
+pub(crate) fn outcome_json(outcome: &Outcome) -> serde_json::Value {
+    match outcome {
+        Outcome::Stored { seq, revision } => serde_json::json!({"seq": seq, "revision": revision, "duplicate": false}),
+        Outcome::Duplicate { seq, revision } => {
+            serde_json::json!({"seq": seq, "revision": revision, "duplicate": true})
+        }
+        Outcome::Rejected(conflict) => {
+            let actual = match conflict {
+                Conflict::LastSequence { actual, .. }
+                | Conflict::LastSubjectSequence { actual, .. }
+                | Conflict::Revision { actual, .. }
+                | Conflict::Changed { actual, .. } => Some(*actual),
+                Conflict::InvalidFilter(_) => None,
+            };
+            serde_json::json!({"error": {"code": 409, "description": conflict.to_string()}, "actual": actual})
+        }
+        Outcome::Failed => serde_json::json!({"error": {"code": 503, "description": "storage failure"}}),
+    }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,145 @@
+//! NATS header blocks (`NATS/1.0[ status]\r\nKey: value\r\n...\r\n`): reading the publish
+//! conditions a client put there, and writing the headers eventline adds to deliveries.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::{PublishOptions, Unchanged};
+
+/// JetStream's name: the publish is refused unless the log's last sequence is this.
+pub const EXPECTED_LAST_SEQUENCE: &str = "Nats-Expected-Last-Sequence";
+/// JetStream's name: refused unless the subject's last event has this sequence (0: none).
+pub const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+/// Refused unless the subject's last event has this revision (0: the subject is new).
+pub const EXPECTED_REVISION: &str = "Eventline-Expected-Revision";
+/// `<seq> <filter> [<filter> ...]`: refused if any event matching a filter came after seq.
+pub const UNCHANGED_SINCE: &str = "Eventline-Unchanged-Since";
+/// JetStream's name: the message id deduplicated within the dedup window.
+pub const MSG_ID: &str = "Nats-Msg-Id";
+/// JetStream's names for where a delivered event sits in the log.
+pub const SEQUENCE: &str = "Nats-Sequence";
+pub const TIME_STAMP: &str = "Nats-Time-Stamp";
+pub const SUBJECT: &str = "Nats-Subject";
+/// The event's position among the events of its subject.
+pub const REVISION: &str = "Eventline-Revision";
+/// On a status message: the last sequence the server has delivered or considered.
+pub const LAST_SEQUENCE: &str = "Nats-Last-Sequence";
+
+/// The values of every `name:` line in a header block, in order; names compare
+/// case-insensitively, values are trimmed.
+pub fn values<'a>(block: &'a [u8], name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    block.split(|&b| b == b'\n').skip(1).filter_map(move |line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        let (key, value) = line.split_at(colon);
+        key.trim_ascii().eq_ignore_ascii_case(name.as_bytes()).then(|| value[1..].trim_ascii())
+    })
+}
+
+/// The first value of `name`, if present.
+pub fn value<'a>(block: &'a [u8], name: &'a str) -> Option<&'a [u8]> {
+    values(block, name).next()
+}
+
+/// Why a header condition could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {header} header: {reason}")]
+pub struct BadHeader {
+    pub header: &'static str,
+    pub reason: &'static str,
+}
+
+/// The publish conditions carried in a header block.
+///
+/// # Errors
+/// [`BadHeader`] if a condition header does not parse.
+pub fn publish_options(block: &[u8]) -> Result<PublishOptions, BadHeader> {
+    let number = |header: &'static str| -> Result<Option<u64>, BadHeader> {
+        value(block, header)
+            .map(|v| parse_u64(v).ok_or(BadHeader { header, reason: "not a non-negative integer" }))
+            .transpose()
+    };
+    Ok(PublishOptions {
+        msg_id: value(block, MSG_ID).filter(|v| !v.is_empty()).map(Bytes::copy_from_slice),
+        expected_last_seq: number(EXPECTED_LAST_SEQUENCE)?,
+        expected_last_subject_seq: number(EXPECTED_LAST_SUBJECT_SEQUENCE)?,
+        expected_revision: number(EXPECTED_REVISION)?,
+        unchanged_since: value(block, UNCHANGED_SINCE).map(unchanged).transpose()?,
+    })
+}
+
+/// Parses `<seq> <filter> [<filter> ...]` (filters may also be comma-separated).
+///
+/// # Errors
+/// [`BadHeader`] naming [`UNCHANGED_SINCE`].
+pub fn unchanged(text: &[u8]) -> Result<Unchanged, BadHeader> {
+    let bad = |reason| BadHeader { header: UNCHANGED_SINCE, reason };
+    let mut words = text.split(|&b| b == b' ' || b == b'\t' || b == b',').filter(|w| !w.is_empty());
+    let after = words.next().and_then(parse_u64).ok_or(bad("expected <seq> <filter> [<filter> ...]"))?;
+    let filters: Vec<Bytes> = words.map(Bytes::copy_from_slice).collect();
+    if filters.is_empty() {
+        return Err(bad("expected at least one subject filter after the sequence"));
+    }
+    Ok(Unchanged { after, filters })
+}
+
+pub(super) fn parse_u64(digits: &[u8]) -> Option<u64> {
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Writes a header block: the version line (with an optional status such as `100 Caught
+/// Up`), then each `name: value` line, then the blank line that ends the block.
+pub fn write(dst: &mut BytesMut, status: Option<&str>, fields: &[(&str, &[u8])]) {
+    dst.put_slice(b"NATS/1.0");
+    if let Some(status) = status {
+        dst.put_u8(b' ');
+        dst.put_slice(status.as_bytes());
+    }
+    dst.put_slice(b"\r\n");
+    for (name, value) in fields {
+        dst.put_slice(name.as_bytes());
+        dst.put_slice(b": ");
+        dst.put_slice(value);
+        dst.put_slice(b"\r\n");
+    }
+    dst.put_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BLOCK: &[u8] = b"NATS/1.0\r\nNats-Msg-Id: abc\r\nnats-expected-last-subject-sequence:  12 \r\nX: 1\r\nX: 2\r\nEventline-Unchanged-Since: 7 orders.42.>, customers.*\r\n\r\n";
+
+    #[test]
+    fn reads_values_case_insensitively_in_order() {
+        assert_eq!(values(BLOCK, "x").collect::<Vec<_>>(), [&b"1"[..], b"2"]);
+        assert_eq!(value(BLOCK, MSG_ID), Some(&b"abc"[..]));
+        assert_eq!(value(BLOCK, "missing"), None);
+    }
+
+    #[test]
+    fn reads_publish_conditions() {
+        let options = publish_options(BLOCK).expect("valid");
+        assert_eq!(options.msg_id.as_deref(), Some(&b"abc"[..]));
+        assert_eq!(options.expected_last_subject_seq, Some(12));
+        assert_eq!(options.expected_last_seq, None);
+        let unchanged = options.unchanged_since.expect("present");
+        assert_eq!(unchanged.after, 7);
+        assert_eq!(unchanged.filters, [Bytes::from_static(b"orders.42.>"), Bytes::from_static(b"customers.*")]);
+    }
+
+    #[test]
+    fn bad_conditions_name_their_header() {
+        let bad = publish_options(b"NATS/1.0\r\nNats-Expected-Last-Sequence: x\r\n\r\n").expect_err("invalid");
+        assert_eq!(bad.header, EXPECTED_LAST_SEQUENCE);
+        assert!(publish_options(b"NATS/1.0\r\nEventline-Unchanged-Since: 5\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn writes_a_block_that_reads_back() {
+        let mut dst = BytesMut::new();
+        write(&mut dst, Some("100 Caught Up"), &[(SEQUENCE, b"5"), (SUBJECT, b"a.b")]);
+        assert_eq!(&dst[..], b"NATS/1.0 100 Caught Up\r\nNats-Sequence: 5\r\nNats-Subject: a.b\r\n\r\n");
+        assert_eq!(value(&dst, SEQUENCE), Some(&b"5"[..]));
+    }
+}
