@@ -18,6 +18,8 @@ fn every_error_text_is_documented() {
         ProtocolError::InvalidArguments(Usage::Hpub),
         ProtocolError::InvalidArguments(Usage::Sub),
         ProtocolError::InvalidArguments(Usage::Unsub),
+        ProtocolError::InvalidArguments(Usage::Apub),
+        ProtocolError::InvalidArguments(Usage::Fetch),
         ProtocolError::InvalidConnect,
     ];
     for error in &protocol_errors {

@@ -86,7 +86,7 @@ async fn control_line_of_4096_bytes_is_accepted_and_4097_is_refused() {
 
 const PUB_USAGE: &str = "Invalid Arguments, expected PUB <subject> [reply] <#bytes>";
 const HPUB_USAGE: &str = "Invalid Arguments, expected HPUB <subject> [reply] <#header bytes> <#total bytes>";
-const SUB_USAGE: &str = "Invalid Arguments, expected SUB <subject> [queue] <sid>";
+const SUB_USAGE: &str = "Invalid Arguments, expected SUB <subject> [queue] <sid> or SUB <filter> <sid> FROM <start>";
 const UNSUB_USAGE: &str = "Invalid Arguments, expected UNSUB <sid> [max]";
 
 #[tokio::test]

@@ -7,6 +7,7 @@
 //! never waiting for a subscriber. Any other message goes to the [`timeline`] writer, which
 //! stores it and routes it the same way once it is durable.
 
+mod catchup;
 mod error;
 mod outbound;
 mod router;
@@ -44,6 +45,9 @@ pub const MAX_PINGS_OUT: u32 = 2;
 pub const DEFAULT_WRITE_DEADLINE: Duration = Duration::from_secs(10);
 /// Longest a publisher pauses for one lagging subscriber before going on.
 pub const MAX_STALL: Duration = Duration::from_millis(100);
+
+/// The extensions this server speaks, announced in `INFO` (see protocol.md, "Extensions").
+pub const EXTENSIONS: [&str; 4] = ["apub", "catch-up", "fetch", "api"];
 
 /// Default window within which a repeated `Nats-Msg-Id` is a duplicate (JetStream's).
 pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(120);
@@ -87,6 +91,7 @@ pub struct Broker {
     config: BrokerConfig,
     server_id: String,
     router: Arc<Router>,
+    store: Arc<Store>,
     timeline: Timeline,
     next_client_id: AtomicU64,
 }
@@ -105,17 +110,22 @@ impl Broker {
             dedup_window: config.dedup_window,
             max_batch_bytes: timeline::MAX_BATCH_BYTES.min(config.max_pending / 4),
         };
-        let timeline = Timeline::start(store, Arc::clone(&router), &timeline_config, fatal)?;
+        let timeline = Timeline::start(Arc::clone(&store), Arc::clone(&router), &timeline_config, fatal)?;
         let server_id: String = rand::rng()
             .sample_iter(rand::distr::Alphanumeric)
             .take(22)
             .map(|b| char::from(b).to_ascii_uppercase())
             .collect();
-        Ok(Broker { config, server_id, router, timeline, next_client_id: AtomicU64::new(1) })
+        Ok(Broker { config, server_id, router, store, timeline, next_client_id: AtomicU64::new(1) })
     }
 
     pub fn config(&self) -> &BrokerConfig {
         &self.config
+    }
+
+    /// Stops the timeline writer after what is queued and closes the log (fsynced).
+    pub async fn stop(&self) {
+        self.timeline.stop().await;
     }
 
     /// The last sequence stored and delivered live.
@@ -142,7 +152,7 @@ impl Broker {
             max_payload: self.config.max_payload,
             client_id,
             client_ip,
-            eventline: Extensions::default(),
+            eventline: Extensions { features: EXTENSIONS.iter().map(|&f| f.to_owned()).collect() },
         }
     }
 }

@@ -193,6 +193,12 @@ impl Outbound {
         }
     }
 
+    /// Whether the subscriber holds more than half its bound (publishers to it pause, and
+    /// catch-up replays wait, until it drains).
+    pub fn is_lagging(&self) -> bool {
+        self.held.load(Ordering::Relaxed) > self.max_pending / 2
+    }
+
     /// Waits until something is queued (may wake spuriously).
     pub async fn ready(&self) {
         self.wake.notified().await;

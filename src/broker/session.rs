@@ -8,9 +8,12 @@ use bytes::Bytes;
 
 use tracing::debug;
 
+use super::catchup::{self, CatchUp, Sink};
 use super::timeline::{AckTo, Append, Request};
 use super::{Broker, BrokerError, Outbound, Subscription};
-use crate::protocol::{ClientOp, Connect, Info, Pub, ServerOp, publish_options};
+use crate::protocol::{
+    ClientOp, Connect, FetchRequest, Info, Pub, Query, ServerOp, Start, SubscribeRequest, publish_options, query,
+};
 use crate::subject::{Filter, is_valid_subject, matches};
 
 /// The status header nats-server sends to a requester when nobody listens on the subject.
@@ -23,6 +26,8 @@ pub struct Session {
     options: Connect,
     outbound: Arc<Outbound>,
     subscriptions: HashMap<Bytes, Arc<Subscription>>,
+    /// Catch-up subscriptions by sid (a `$EL.SUB` one shares its deliver subscription's sid).
+    catchups: HashMap<Bytes, Arc<CatchUp>>,
     /// Size of `subscriptions` at which entries ended by `UNSUB <sid> <max>` are swept out
     /// (they end on other tasks' fan-out paths, which can't touch this map).
     sweep_at: usize,
@@ -34,6 +39,12 @@ pub struct Session {
 
 /// Requests on `$EL.PUB.<subject>` store a message on `<subject>` and answer with JSON.
 const PUBLISH_API: &[u8] = b"$EL.PUB.";
+/// `$EL.SUB`: start a catch-up subscription (JSON body, see [`SubscribeRequest`]).
+const SUBSCRIBE_API: &[u8] = b"$EL.SUB";
+/// `$EL.FETCH`: a one-shot query (JSON body, see [`FetchRequest`]).
+const FETCH_API: &[u8] = b"$EL.FETCH";
+/// `$EL.LAST.<subject>`: the last event of a subject.
+const LAST_API: &[u8] = b"$EL.LAST.";
 
 /// Queues the 503 status nats-server sends a requester whose request reached nobody.
 pub(super) fn push_no_responders(outbound: &Outbound, reply: &[u8], sid: &[u8]) {
@@ -59,6 +70,7 @@ impl Session {
             options: Connect::default(),
             outbound,
             subscriptions: HashMap::new(),
+            catchups: HashMap::new(),
             sweep_at: MIN_SWEEP,
             lagging: None,
             in_flight: Arc::new(AtomicUsize::new(0)),
@@ -106,6 +118,21 @@ impl Session {
                 self.publish_acknowledged(message, &options).await;
                 false
             }
+            ClientOp::CatchUp { filter, sid, start } => {
+                let started = if self.subscriptions.contains_key(&sid) {
+                    Err(format!("sid {} is already in use", String::from_utf8_lossy(&sid)))
+                } else {
+                    let sink = Sink { outbound: Arc::clone(&self.outbound), sid };
+                    self.catch_up(&filter, crate::protocol::start(&start), sink, filter.clone()).await
+                };
+                self.refuse(started.err())
+            }
+            ClientOp::Fetch { sid, filters, options } => {
+                self.settle().await;
+                let sink = Sink { outbound: Arc::clone(&self.outbound), sid };
+                let started = query(&filters, &options).and_then(|query| self.fetch(query, sink, filters));
+                self.refuse(started.err())
+            }
             ClientOp::Sub { subject, queue, sid } => {
                 self.subscribe(subject, queue, sid).await?;
                 true
@@ -148,6 +175,13 @@ impl Session {
         if !deliverable {
             return Ok(());
         }
+        if message.subject.starts_with(b"$EL.") {
+            if let Some(reply) = message.reply.clone() {
+                if self.api_request(&message, reply).await {
+                    return Ok(());
+                }
+            }
+        }
         if let Some(stored) = message.subject.strip_prefix(PUBLISH_API) {
             let ack = message.reply.clone().map_or(AckTo::Nobody, AckTo::Reply);
             let message = Pub { subject: message.subject.slice_ref(stored), reply: None, ..message };
@@ -158,14 +192,28 @@ impl Session {
             self.store(message, Bytes::new(), AckTo::Nobody).await;
             return Ok(());
         }
-        let routed = self.broker.router.route(&message, self.client_id, self.options.echo);
-        if routed.lagging.is_some() {
-            self.lagging = routed.lagging;
-        }
-        if routed.delivered == 0 && self.options.no_responders {
-            if let Some(reply) = &message.reply {
-                self.send_no_responders(reply);
+        let no_responders = match &message.reply {
+            Some(reply) if self.options.no_responders => self.reply_subscription(reply),
+            _ => None,
+        };
+        let (router, outbound) = (Arc::clone(&self.broker.router), Arc::clone(&self.outbound));
+        let (client_id, echo) = (self.client_id, self.options.echo);
+        let route = move || {
+            let routed = router.route(&message, client_id, echo);
+            if let (0, Some(sid), Some(reply)) = (routed.delivered, no_responders, &message.reply) {
+                push_no_responders(&outbound, reply, &sid);
             }
+            routed.lagging
+        };
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            self.lagging = route().or(self.lagging.take());
+        } else {
+            // Behind this client's own stored publishes, so a reply cannot overtake the
+            // event it answers for.
+            self.in_order(move || {
+                route();
+            })
+            .await;
         }
         Ok(())
     }
@@ -223,14 +271,6 @@ impl Session {
         self.broker.router.route(&reply, self.client_id, true);
     }
 
-    /// Answers a request nobody can take with a 503 status message on the requester's own
-    /// subscription to its reply subject, so the client fails fast instead of timing out.
-    fn send_no_responders(&self, reply: &Bytes) {
-        if let Some(sid) = self.reply_subscription(reply) {
-            push_no_responders(&self.outbound, reply, &sid);
-        }
-    }
-
     /// The sid of this client's own (non-queue) subscription matching `reply`, as
     /// nats-server picks it for the no-responders status. Looked up in the session's own
     /// table, which also holds subscriptions still waiting for their turn in the writer.
@@ -260,14 +300,32 @@ impl Session {
         Ok(())
     }
 
-    /// `UNSUB <sid> [max]`; an unknown sid is ignored, as nats-server does.
+    /// `UNSUB <sid> [max]`; an unknown sid is ignored, as nats-server does. It also ends a
+    /// catch-up subscription on that sid.
     async fn unsubscribe(&mut self, sid: &Bytes, max: Option<u64>) {
+        if let Some(catchup) = self.catchups.remove(sid) {
+            self.broker.router.remove_catchup(&catchup);
+        }
         let Some(subscription) = self.subscriptions.get(sid).cloned() else { return };
         if max.is_none_or(|max| max == 0) {
             self.subscriptions.remove(sid);
         }
         let router = Arc::clone(&self.broker.router);
         self.in_order(move || router.unsubscribe_after(&subscription, max)).await;
+    }
+
+    /// Waits until every event this client handed to the timeline writer is stored and
+    /// delivered, so a replay or query it sends next sees its own earlier publishes.
+    async fn settle(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let (done, settled) = tokio::sync::oneshot::channel();
+        self.in_order(move || {
+            let _ = done.send(());
+        })
+        .await;
+        let _ = settled.await;
     }
 
     /// Runs `action` (a change to what this client receives, or its `PONG`) after every
@@ -283,11 +341,126 @@ impl Session {
             action();
         }
     }
+
+    /// Answers an extension request that failed with `-NAK '<reason>'` (the connection
+    /// stays open); returns whether to `+OK` in verbose mode.
+    fn refuse(&self, reason: Option<String>) -> bool {
+        match reason {
+            Some(reason) => {
+                self.outbound.push_op(&ServerOp::Nak(reason));
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// Starts a catch-up subscription delivering to `sink`. It is registered for fan-out
+    /// before the head is read, so nothing appended in between can be missed.
+    async fn catch_up(
+        &mut self,
+        filter: &Bytes,
+        start: Result<Start, String>,
+        sink: Sink,
+        marker: Bytes,
+    ) -> Result<(), String> {
+        let start = start?;
+        let filter = Filter::new(filter.clone()).map_err(|e| format!("invalid filter: {e}"))?;
+        if self.catchups.contains_key(&sink.sid) {
+            return Err(format!("sid {} is already in use", String::from_utf8_lossy(&sink.sid)));
+        }
+        self.settle().await;
+        let sid = sink.sid.clone();
+        let catchup = Arc::new(CatchUp::new(self.broker.router.next_id(), filter, sink, marker, 0));
+        self.broker.router.add_catchup(&catchup);
+        let head = self.broker.head();
+        match catchup::initial_delivered(&self.broker.store, start, head).await {
+            Ok(delivered) => catchup.start_after(delivered),
+            Err(reason) => {
+                self.broker.router.remove_catchup(&catchup);
+                return Err(reason);
+            }
+        }
+        self.catchups.insert(sid, Arc::clone(&catchup));
+        let timeline = self.broker.timeline.clone();
+        let store = Arc::clone(&self.broker.store);
+        tokio::spawn(catchup.run(store, move || timeline.head(), start == Start::LastPerSubject));
+        Ok(())
+    }
+
+    /// Starts a one-shot query delivering to `sink`, ended by a status on `end`.
+    fn fetch(&self, query: Query, sink: Sink, end: Bytes) -> Result<(), String> {
+        let filters = query
+            .filters
+            .iter()
+            .map(|f| Filter::new(f.clone()).map_err(|e| format!("invalid filter {}: {e}", String::from_utf8_lossy(f))))
+            .collect::<Result<Vec<_>, _>>()?;
+        if filters.is_empty() {
+            return Err("a query needs at least one subject filter".to_owned());
+        }
+        let store = Arc::clone(&self.broker.store);
+        tokio::spawn(catchup::fetch(store, self.broker.head(), query, filters, sink, end));
+        Ok(())
+    }
+
+    /// The `$EL.` request API for NATS client libraries; false if `message` is none of it.
+    /// Answers go to `reply`: JSON for `$EL.SUB` and errors, events and an end status for
+    /// `$EL.FETCH` and `$EL.LAST.<subject>` (on the requester's subscription to `reply`).
+    async fn api_request(&mut self, message: &Pub, reply: Bytes) -> bool {
+        let subject = &message.subject[..];
+        if subject == FETCH_API || subject.starts_with(LAST_API) {
+            self.settle().await;
+        }
+        let result = if subject == SUBSCRIBE_API {
+            self.api_subscribe(&message.payload).await
+        } else if subject == FETCH_API {
+            serde_json::from_slice::<FetchRequest>(&message.payload)
+                .map_err(|e| format!("invalid request: {e}"))
+                .and_then(|request| request.query())
+                .and_then(|query| self.sink_for(&reply).and_then(|sink| self.fetch(query, sink, reply.clone())))
+                .map(|()| None)
+        } else if let Some(last_of) = subject.strip_prefix(LAST_API) {
+            self.sink_for(&reply).map(|sink| {
+                let (store, head) = (Arc::clone(&self.broker.store), self.broker.head());
+                tokio::spawn(catchup::last(store, head, message.subject.slice_ref(last_of), sink, reply.clone()));
+                None
+            })
+        } else {
+            return false;
+        };
+        match result {
+            Ok(Some(answer)) => self.reply_json(&reply, &answer),
+            Ok(None) => {}
+            Err(reason) => self.reply_json(&reply, &error_json(400, &reason)),
+        }
+        true
+    }
+
+    /// `$EL.SUB`: a catch-up subscription delivering on the requester's subscription to
+    /// the request's `deliver` subject.
+    async fn api_subscribe(&mut self, body: &[u8]) -> Result<Option<serde_json::Value>, String> {
+        let request: SubscribeRequest = serde_json::from_slice(body).map_err(|e| format!("invalid request: {e}"))?;
+        let deliver = Bytes::copy_from_slice(request.deliver.as_bytes());
+        let sink = self.sink_for(&deliver)?;
+        let filter = Bytes::copy_from_slice(request.filter.as_bytes());
+        self.catch_up(&filter, request.start(), sink, deliver).await?;
+        Ok(Some(serde_json::json!({"ok": true, "filter": request.filter, "head": self.broker.head()})))
+    }
+
+    /// Delivery to this client's own subscription on `subject`.
+    fn sink_for(&self, subject: &[u8]) -> Result<Sink, String> {
+        let sid = self.reply_subscription(subject).ok_or_else(|| {
+            format!("no subscription of this connection matches {}", String::from_utf8_lossy(subject))
+        })?;
+        Ok(Sink { outbound: Arc::clone(&self.outbound), sid })
+    }
 }
 
 impl Drop for Session {
     /// A closed connection's subscriptions leave the routing table with it.
     fn drop(&mut self) {
+        for catchup in self.catchups.values() {
+            self.broker.router.remove_catchup(catchup);
+        }
         for subscription in self.subscriptions.values() {
             self.broker.router.unsubscribe(subscription);
         }

@@ -78,6 +78,8 @@ pub(crate) enum Request {
     Call(Box<dyn FnOnce() + Send>),
     /// The `interval` fsync policy's tick.
     Sync,
+    /// Finish what is queued before it, then stop (and close the log).
+    Stop,
 }
 
 impl Request {
@@ -87,7 +89,7 @@ impl Request {
             Request::Append(append) => {
                 append.message.payload.len() + append.message.headers.as_ref().map_or(0, Bytes::len)
             }
-            Request::Call(_) | Request::Sync => 0,
+            Request::Call(_) | Request::Sync | Request::Stop => 0,
         }
     }
 }
@@ -129,6 +131,7 @@ pub struct Timeline {
     requests: mpsc::Sender<Request>,
     head: watch::Receiver<u64>,
     failed: Arc<AtomicBool>,
+    writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 /// Start-up settings of the writer.
@@ -178,17 +181,32 @@ impl Timeline {
             runtime: tokio::runtime::Handle::current(),
         };
         writer.load_dedup_window()?;
-        std::thread::Builder::new().name("timeline-writer".into()).spawn(move || writer.run(receiver))?;
+        let thread = std::thread::Builder::new().name("timeline-writer".into()).spawn(move || writer.run(receiver))?;
         if let FsyncPolicy::Interval(every) = config.fsync {
-            let ticks = requests.clone();
+            // A weak sender: the ticker must not keep the writer alive.
+            let ticks = requests.downgrade();
             tokio::spawn(async move {
                 let mut interval = tokio::time::interval(every);
-                while ticks.send(Request::Sync).await.is_ok() {
+                loop {
                     interval.tick().await;
+                    let Some(ticks) = ticks.upgrade() else { break };
+                    if ticks.send(Request::Sync).await.is_err() {
+                        break;
+                    }
                 }
             });
         }
-        Ok(Timeline { requests, head: head_receiver, failed })
+        let writer = Arc::new(std::sync::Mutex::new(Some(thread)));
+        Ok(Timeline { requests, head: head_receiver, failed, writer })
+    }
+
+    /// Lets the writer finish what is queued, stops it and waits until the log is closed.
+    pub async fn stop(&self) {
+        let _ = self.requests.send(Request::Stop).await;
+        let thread = self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
     }
 
     /// Queues a request, waiting while the writer's queue is full (backpressure).
@@ -234,6 +252,8 @@ struct Writer {
 struct Admitted {
     append: Box<Append>,
     outcome: Outcome,
+    /// Its event in the batch, if it was stored.
+    event: Option<usize>,
 }
 
 enum Completion {
@@ -256,10 +276,14 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let stop = batch.iter().any(|request| matches!(request, Request::Stop));
             if let Err(failure) = self.process(&mut batch) {
                 error!(error = %failure, "the event log failed; no more events will be acknowledged");
                 self.failed.store(true, Ordering::Relaxed);
                 self.fatal.cancel();
+                return;
+            }
+            if stop {
                 return;
             }
         }
@@ -284,13 +308,14 @@ impl Writer {
                             return Err(failure);
                         }
                     };
+                    let event = matches!(outcome, Outcome::Stored { .. }).then_some(events.len());
                     if let Outcome::Stored { seq, revision } = outcome {
                         self.record(&append, seq, revision, &mut events, &mut new_dedup);
                     }
-                    completions.push(Completion::Append(Admitted { append, outcome }));
+                    completions.push(Completion::Append(Admitted { append, outcome, event }));
                 }
                 Request::Call(action) => completions.push(Completion::Call(action)),
-                Request::Sync => sync = true,
+                Request::Sync | Request::Stop => sync = true,
             }
         }
         let expired = self.expire_dedup()?;
@@ -316,8 +341,8 @@ impl Writer {
         for completion in completions {
             match completion {
                 Completion::Append(admitted) => {
-                    if matches!(admitted.outcome, Outcome::Stored { .. }) {
-                        self.fan_out(&admitted.append, &mut stall_budget);
+                    if let Some(event) = admitted.event.and_then(|index| events.get(index)) {
+                        self.fan_out(&admitted.append, event, &mut stall_budget);
                     }
                     self.acknowledge(&admitted.append.ack, &admitted.outcome);
                     admitted.append.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -333,8 +358,9 @@ impl Writer {
     /// merely behind; the waits of one batch add up to at most `stall_budget` (as a live
     /// publisher pauses at most [`MAX_STALL`] per read), so a stuck subscriber costs the
     /// others little before it is cut.
-    fn fan_out(&self, append: &Append, stall_budget: &mut Duration) {
+    fn fan_out(&self, append: &Append, event: &Event, stall_budget: &mut Duration) {
         let routed = self.router.route(&append.message, append.publisher, append.echo);
+        self.router.offer(event);
         if let Some(lagging) = routed.lagging.filter(|_| !stall_budget.is_zero()) {
             let started = std::time::Instant::now();
             let budget = *stall_budget;

@@ -44,6 +44,12 @@ impl Decoder for ClientCodec {
                 queue: queue.map(|q| frame.slice(q)),
                 sid: frame.slice(sid),
             },
+            RawOp::CatchUp { filter, sid, start } => {
+                ClientOp::CatchUp { filter: frame.slice(filter), sid: frame.slice(sid), start: frame.slice(start) }
+            }
+            RawOp::Fetch { sid, filters, options } => {
+                ClientOp::Fetch { sid: frame.slice(sid), filters: frame.slice(filters), options: frame.slice(options) }
+            }
             RawOp::Unsub { sid, max } => ClientOp::Unsub { sid: frame.slice(sid), max },
             RawOp::Apub { subject, headers, payload, options } => ClientOp::Apub(
                 Pub {

@@ -35,6 +35,7 @@ pub enum Usage {
     Sub,
     Unsub,
     Apub,
+    Fetch,
 }
 
 impl ProtocolError {
@@ -48,10 +49,15 @@ impl ProtocolError {
             ProtocolError::InvalidArguments(Usage::Hpub) => {
                 "Invalid Arguments, expected HPUB <subject> [reply] <#header bytes> <#total bytes>"
             }
-            ProtocolError::InvalidArguments(Usage::Sub) => "Invalid Arguments, expected SUB <subject> [queue] <sid>",
+            ProtocolError::InvalidArguments(Usage::Sub) => {
+                "Invalid Arguments, expected SUB <subject> [queue] <sid> or SUB <filter> <sid> FROM <start>"
+            }
             ProtocolError::InvalidArguments(Usage::Unsub) => "Invalid Arguments, expected UNSUB <sid> [max]",
             ProtocolError::InvalidArguments(Usage::Apub) => {
                 "Invalid Arguments, expected APUB <subject> [#header bytes] <#total bytes> [option=value ...]"
+            }
+            ProtocolError::InvalidArguments(Usage::Fetch) => {
+                "Invalid Arguments, expected FETCH <sid> <filter>[,<filter>...] [option=value ...]"
             }
             ProtocolError::InvalidConnect => "Invalid CONNECT JSON",
             ProtocolError::Io(_) => "Read Error",

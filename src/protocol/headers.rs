@@ -104,6 +104,32 @@ pub fn write(dst: &mut BytesMut, status: Option<&str>, fields: &[(&str, &[u8])])
     dst.put_slice(b"\r\n");
 }
 
+/// The header block of a delivered event: the event's own headers (if any) followed by
+/// where it sits in the log, so a replayed event carries its sequence, time and revision.
+pub fn event_block(dst: &mut BytesMut, own: Option<&[u8]>, seq: u64, timestamp: u64, subject: &[u8], revision: u64) {
+    let mut numbers = itoa::Buffer::new();
+    match own.and_then(|block| block.strip_suffix(b"\r\n")).filter(|block| block.ends_with(b"\r\n")) {
+        Some(lines) => dst.put_slice(lines),
+        None => dst.put_slice(b"NATS/1.0\r\n"),
+    }
+    let mut field = |name: &str, value: &[u8]| {
+        dst.put_slice(name.as_bytes());
+        dst.put_slice(b": ");
+        dst.put_slice(value);
+        dst.put_slice(b"\r\n");
+    };
+    field(SEQUENCE, numbers.format(seq).as_bytes());
+    field(TIME_STAMP, rfc3339(timestamp).as_bytes());
+    field(SUBJECT, subject);
+    field(REVISION, numbers.format(revision).as_bytes());
+    dst.put_slice(b"\r\n");
+}
+
+/// Unix nanoseconds as an RFC 3339 UTC time with nanoseconds, as JetStream writes it.
+pub fn rfc3339(nanos: u64) -> String {
+    jiff::Timestamp::from_nanosecond(i128::from(nanos)).map_or_else(|_| nanos.to_string(), |t| t.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +159,19 @@ mod tests {
         let bad = publish_options(b"NATS/1.0\r\nNats-Expected-Last-Sequence: x\r\n\r\n").expect_err("invalid");
         assert_eq!(bad.header, EXPECTED_LAST_SEQUENCE);
         assert!(publish_options(b"NATS/1.0\r\nEventline-Unchanged-Since: 5\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn event_blocks_keep_the_events_own_headers() {
+        let mut dst = BytesMut::new();
+        event_block(&mut dst, Some(b"NATS/1.0\r\nA: 1\r\n\r\n"), 7, 1_500_000_000, b"a.b", 2);
+        assert_eq!(
+            &dst[..],
+            &b"NATS/1.0\r\nA: 1\r\nNats-Sequence: 7\r\nNats-Time-Stamp: 1970-01-01T00:00:01.5Z\r\nNats-Subject: a.b\r\nEventline-Revision: 2\r\n\r\n"[..]
+        );
+        let mut plain = BytesMut::new();
+        event_block(&mut plain, None, 1, 0, b"x", 1);
+        assert!(plain.starts_with(b"NATS/1.0\r\nNats-Sequence: 1\r\n"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod client;
 pub mod codec;
 pub mod encode;
 mod error;
+mod extension;
 pub mod headers;
 pub mod parse;
 
@@ -17,6 +18,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use error::{ProtocolError, Usage};
+pub use extension::{
+    FetchRequest, PublishOptions, Query, Start, SubscribeRequest, Unchanged, publish_options, query, start,
+};
 
 /// Longest control line (the op line without its payload), as nats-server's `MAX_CONTROL_LINE_SIZE`.
 pub const MAX_CONTROL_LINE: usize = 4096;
@@ -43,74 +47,18 @@ pub enum ClientOp {
     /// `APUB`: a publish answered with its sequence once durable (an extension), with its
     /// `option=value` text; see [`publish_options`].
     Apub(Pub, Bytes),
-}
-
-/// Conditions and identity of a stored publish, from `APUB` options or from headers
-/// (JetStream's names where JetStream has one; see [`headers`]).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PublishOptions {
-    /// Deduplicates within the dedup window.
-    pub msg_id: Option<Bytes>,
-    /// The log's last sequence must be this.
-    pub expected_last_seq: Option<u64>,
-    /// The subject's last event must have this sequence (0: no event yet).
-    pub expected_last_subject_seq: Option<u64>,
-    /// The subject's last event must have this revision (0: no event yet).
-    pub expected_revision: Option<u64>,
-    /// No event matching any of these filters may have been appended after a sequence.
-    pub unchanged_since: Option<Unchanged>,
-}
-
-impl PublishOptions {
-    /// These options with every condition `other` sets taking precedence.
-    pub fn overridden_by(self, other: PublishOptions) -> PublishOptions {
-        PublishOptions {
-            msg_id: other.msg_id.or(self.msg_id),
-            expected_last_seq: other.expected_last_seq.or(self.expected_last_seq),
-            expected_last_subject_seq: other.expected_last_subject_seq.or(self.expected_last_subject_seq),
-            expected_revision: other.expected_revision.or(self.expected_revision),
-            unchanged_since: other.unchanged_since.or(self.unchanged_since),
-        }
-    }
-}
-
-/// The options of an `APUB` line (`msg-id=ID expect-seq=N expect-subject-seq=N
-/// expect-rev=N unchanged-since=SEQ:FILTER[,FILTER...]`) on top of the conditions in its
-/// header block, if it has one.
-///
-/// # Errors
-/// A one-line reason naming the bad option or header.
-pub fn publish_options(text: &[u8], header_block: Option<&[u8]>) -> Result<PublishOptions, String> {
-    let from_headers = header_block.map(headers::publish_options).transpose().map_err(|e| e.to_string())?;
-    let mut options = PublishOptions::default();
-    for word in text.split(|&b| b == b' ' || b == b'\t').filter(|w| !w.is_empty()) {
-        let text = String::from_utf8_lossy(word);
-        let (key, value) = text.split_once('=').ok_or_else(|| format!("option {text} is not key=value"))?;
-        let number = || value.parse::<u64>().map_err(|_| format!("option {key} needs a non-negative integer"));
-        match key {
-            "msg-id" if !value.is_empty() => options.msg_id = Some(Bytes::copy_from_slice(value.as_bytes())),
-            "expect-seq" => options.expected_last_seq = Some(number()?),
-            "expect-subject-seq" => options.expected_last_subject_seq = Some(number()?),
-            "expect-rev" => options.expected_revision = Some(number()?),
-            "unchanged-since" => {
-                let spec = value.replacen(':', " ", 1);
-                options.unchanged_since = Some(
-                    headers::unchanged(spec.as_bytes())
-                        .map_err(|_| "option unchanged-since needs SEQ:FILTER[,FILTER...]".to_owned())?,
-                );
-            }
-            _ => return Err(format!("unknown option {key}")),
-        }
-    }
-    Ok(from_headers.unwrap_or_default().overridden_by(options))
-}
-
-/// "Reject if any event matching one of `filters` was appended after sequence `after`":
-/// one decision guarded by several streams (a dynamic consistency boundary).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unchanged {
-    pub after: u64,
-    pub filters: Vec<Bytes>,
+    /// `SUB <filter> <sid> FROM <start>`: a catch-up subscription (an extension); see [`start`].
+    CatchUp {
+        filter: Bytes,
+        sid: Bytes,
+        start: Bytes,
+    },
+    /// `FETCH <sid> <filters> [option=value ...]`: a one-shot query (an extension); see [`query`].
+    Fetch {
+        sid: Bytes,
+        filters: Bytes,
+        options: Bytes,
+    },
 }
 
 /// A `PUB` or `HPUB`: `headers` is the raw `NATS/1.0` block (with its final blank line),

@@ -38,6 +38,18 @@ pub enum RawOp {
     },
     Ping,
     Pong,
+    /// `SUB <filter> <sid> FROM <start>`: replay from `start`, then live.
+    CatchUp {
+        filter: Range<usize>,
+        sid: Range<usize>,
+        start: Range<usize>,
+    },
+    /// `FETCH <sid> <filters> [option=value ...]`: a one-shot query.
+    Fetch {
+        sid: Range<usize>,
+        filters: Range<usize>,
+        options: Range<usize>,
+    },
     /// `APUB`: a publish with its options text (`key=value ...`), parsed by
     /// [`super::publish_options`] so a bad option is a `-NAK`, not a closed connection.
     Apub {
@@ -83,6 +95,10 @@ pub fn parse_client_op(buf: &[u8], max_payload: usize) -> Result<Option<Parsed>,
         Some(Verb::Sub) => match split_args(args) {
             Some(Args { n: 2, a }) => RawOp::Sub { subject: range(a[0]), queue: None, sid: range(a[1]) },
             Some(Args { n: 3, a }) => RawOp::Sub { subject: range(a[0]), queue: Some(range(a[1])), sid: range(a[2]) },
+            // The catch-up form, an extension: four arguments are no NATS SUB.
+            Some(Args { n: 4, a }) if a[2].eq_ignore_ascii_case(b"FROM") => {
+                RawOp::CatchUp { filter: range(a[0]), sid: range(a[1]), start: range(a[3]) }
+            }
             _ => return Err(ProtocolError::InvalidArguments(Usage::Sub)),
         },
         Some(Verb::Unsub) => match split_args(args) {
@@ -122,6 +138,12 @@ pub fn parse_client_op(buf: &[u8], max_payload: usize) -> Result<Option<Parsed>,
                 payload: header_end..whole.end,
             };
             return Ok(Some(Parsed { op, len }));
+        }
+        Some(Verb::Fetch) => {
+            // FETCH <sid> <filter>[,<filter>...] [option=value ...]
+            let (sid, rest) = first_arg(args).ok_or(ProtocolError::InvalidArguments(Usage::Fetch))?;
+            let (filters, options) = first_arg(rest).ok_or(ProtocolError::InvalidArguments(Usage::Fetch))?;
+            RawOp::Fetch { sid: range(sid), filters: range(filters), options: range(options.trim_ascii()) }
         }
         Some(Verb::Apub) => {
             // APUB <subject> [#header bytes] <#total bytes> [option=value ...]
@@ -183,6 +205,7 @@ fn header_len(digits: &[u8]) -> usize {
 enum Verb {
     Apub,
     Connect,
+    Fetch,
     Pub,
     Hpub,
     Sub,
@@ -194,8 +217,9 @@ enum Verb {
 impl Verb {
     /// Case-insensitive, without allocating: this runs once per op.
     fn of(word: &[u8]) -> Option<Verb> {
-        const VERBS: [(&[u8], Verb); 6] = [
+        const VERBS: [(&[u8], Verb); 7] = [
             (b"APUB", Verb::Apub),
+            (b"FETCH", Verb::Fetch),
             (b"PUB", Verb::Pub),
             (b"HPUB", Verb::Hpub),
             (b"SUB", Verb::Sub),

@@ -300,7 +300,7 @@ fn payloads_are_slices_of_the_read_buffer() {
 const UNKNOWN: &str = "Unknown Protocol Operation";
 const PUB_USAGE: &str = "Invalid Arguments, expected PUB <subject> [reply] <#bytes>";
 const HPUB_USAGE: &str = "Invalid Arguments, expected HPUB <subject> [reply] <#header bytes> <#total bytes>";
-const SUB_USAGE: &str = "Invalid Arguments, expected SUB <subject> [queue] <sid>";
+const SUB_USAGE: &str = "Invalid Arguments, expected SUB <subject> [queue] <sid> or SUB <filter> <sid> FROM <start>";
 const UNSUB_USAGE: &str = "Invalid Arguments, expected UNSUB <sid> [max]";
 
 fn must_fail() -> Vec<(Vec<u8>, ProtocolError, &'static str)> {

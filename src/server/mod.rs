@@ -18,7 +18,8 @@ use crate::broker::Broker;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Accepts connections on `listener` until `shutdown` resolves, then closes every
-/// connection (flushing what is queued, within a grace period) and returns.
+/// connection (flushing what is queued, within a grace period), stops the broker's log
+/// writer after what it has queued, and returns.
 ///
 /// # Errors
 /// Returns the listener's error if reading the local address fails; accept errors
@@ -53,5 +54,6 @@ pub async fn run(
     if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait()).await.is_err() {
         warn!("connections still open after the grace period");
     }
+    broker.stop().await;
     Ok(())
 }

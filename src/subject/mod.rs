@@ -96,6 +96,11 @@ impl Filter {
     }
 
     /// True when the filter has no wildcard token, so it matches only itself.
+    /// `>`: every subject.
+    pub fn everything() -> Self {
+        Self(Bytes::from_static(b">"))
+    }
+
     pub fn is_literal(&self) -> bool {
         self.0.split(|&b| b == b'.').all(|t| !is_wildcard(t))
     }
