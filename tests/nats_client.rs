@@ -48,7 +48,7 @@ async fn publish(client: &Client, subject: &str, payload: impl Into<Bytes>) {
 /// status (the no-responders reply, queued behind all earlier output) ends it; it works with
 /// `no_echo` too.
 async fn sync(client: &Client) {
-    let subject = format!("_SYNC.{}", client.new_inbox());
+    let subject = format!("{}.sync", client.new_inbox());
     let error = within(client.request(subject, Bytes::new())).await.expect_err("nobody answers a sync request");
     assert_eq!(error.kind(), RequestErrorKind::NoResponders, "sync round trip: {error}");
 }

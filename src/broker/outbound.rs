@@ -133,7 +133,7 @@ impl Outbound {
             }
             return Pushed::Dropped;
         }
-        let queued = self.push(size, |pending| {
+        let queued = self.push(|pending| {
             let header_len = headers.map(<[u8]>::len);
             encode::msg_head(&mut pending.encoded, subject, sid, reply, header_len, payload.len());
             if let Some(headers) = headers {
@@ -156,19 +156,23 @@ impl Outbound {
     /// Queues a protocol op (`PONG`, `+OK`, `-ERR` ...). These answer the connection's own
     /// requests, so they are not held to the slow-consumer bound.
     pub fn push_op(&self, op: &ServerOp) -> bool {
-        self.push(16, |pending| encode::server_op(op, &mut pending.encoded))
+        self.push(|pending| encode::server_op(op, &mut pending.encoded))
     }
 
-    fn push(&self, size: usize, write: impl FnOnce(&mut Pending)) -> bool {
+    /// Runs `write` on the pending buffers and counts exactly the bytes it added (the
+    /// slow-consumer check before it works from an estimate).
+    fn push(&self, write: impl FnOnce(&mut Pending)) -> bool {
         if self.closing.is_cancelled() {
             return false;
         }
-        self.held.fetch_add(size, Ordering::Relaxed);
         let was_empty = {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             let was_empty = pending.is_empty();
+            let (encoded, shared) = (pending.encoded.len(), pending.shared.len());
             write(&mut pending);
-            pending.bytes += size;
+            let added = pending.encoded.len() - encoded + pending.shared[shared..].iter().map(|(_, p)| p.len()).sum::<usize>();
+            pending.bytes += added;
+            self.held.fetch_add(added, Ordering::Relaxed);
             was_empty
         };
         if was_empty {

@@ -21,6 +21,8 @@ use crate::protocol::{ClientOp, ProtocolError, ServerOp};
 const READ_CHUNK: usize = 64 * 1024;
 /// How long a closing connection may take to flush its last ops (an `-ERR`, say).
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
+/// Largest single socket write; pending bytes are released piece by piece.
+const WRITE_PIECE: usize = 64 * 1024;
 
 pub(super) async fn serve(
     socket: TcpStream,
@@ -142,8 +144,9 @@ async fn write_loop(mut write: OwnedWriteHalf, outbound: Arc<Outbound>, deadline
         }
         outbound.take(&mut batch);
         let limit = if outbound.is_closed() { FLUSH_GRACE } else { deadline };
+        let mut released = 0;
         let sent = {
-            let sending = tokio::time::timeout(limit, send(&mut write, &batch));
+            let sending = tokio::time::timeout(limit, send(&mut write, &batch, &outbound, &mut released));
             tokio::pin!(sending);
             loop {
                 tokio::select! {
@@ -157,7 +160,8 @@ async fn write_loop(mut write: OwnedWriteHalf, outbound: Arc<Outbound>, deadline
                 }
             }
         };
-        outbound.written(batch.len());
+        // Whatever an aborted send did not write is released too: the batch is gone.
+        outbound.written(batch.len() - released);
         batch.clear();
         match sent {
             Ok(Ok(())) => {}
@@ -171,13 +175,30 @@ async fn write_loop(mut write: OwnedWriteHalf, outbound: Arc<Outbound>, deadline
     let _ = write.shutdown().await;
 }
 
-/// Writes one batch: the encoded bytes, with the shared large payloads in their places.
-async fn send(write: &mut OwnedWriteHalf, batch: &Pending) -> std::io::Result<()> {
+/// Writes one batch: the encoded bytes, with the shared large payloads in their places,
+/// in pieces of at most [`WRITE_PIECE`] bytes, each released from the pending bound as soon
+/// as it is written (as nats-server counts pending bytes), so a subscriber that keeps
+/// reading is never judged on bytes it already received.
+async fn send(
+    write: &mut OwnedWriteHalf,
+    batch: &Pending,
+    outbound: &Outbound,
+    released: &mut usize,
+) -> std::io::Result<()> {
     let mut written = 0;
-    for (offset, payload) in &batch.shared {
-        write.write_all(&batch.encoded[written..*offset]).await?;
-        write.write_all(payload).await?;
-        written = *offset;
+    let shared = batch.shared.iter().map(|(offset, payload)| (*offset, Some(payload)));
+    for (offset, payload) in shared.chain([(batch.encoded.len(), None)]) {
+        for piece in batch.encoded[written..offset].chunks(WRITE_PIECE) {
+            write.write_all(piece).await?;
+            outbound.written(piece.len());
+            *released += piece.len();
+        }
+        if let Some(payload) = payload {
+            write.write_all(payload).await?;
+            outbound.written(payload.len());
+            *released += payload.len();
+        }
+        written = offset;
     }
-    write.write_all(&batch.encoded[written..]).await
+    Ok(())
 }
