@@ -37,8 +37,14 @@ pub(super) struct Sink {
 }
 
 impl Sink {
-    /// Queues one event as `HMSG` with its log headers.
+    /// Queues one event as `HMSG <event subject>` with its log headers.
     fn push_event(&self, event: &Event) -> Pushed {
+        self.push_event_as(&event.subject, event)
+    }
+
+    /// Queues one event as `HMSG <subject>`: a request's answer goes out on the reply
+    /// subject, which is how client libraries match it; `Nats-Subject` keeps the event's.
+    fn push_event_as(&self, subject: &[u8], event: &Event) -> Pushed {
         let mut block = BytesMut::with_capacity(160 + event.headers.as_ref().map_or(0, Bytes::len));
         headers::event_block(
             &mut block,
@@ -48,7 +54,7 @@ impl Sink {
             &event.subject,
             event.revision,
         );
-        self.outbound.push_msg(&event.subject, &self.sid, None, Some(&block), &event.payload)
+        self.outbound.push_msg(subject, &self.sid, None, Some(&block), &event.payload)
     }
 
     /// Queues a status message (no payload) such as `100 Caught Up` or `204 End Of Results`.
@@ -350,7 +356,7 @@ pub(super) async fn last(store: Arc<Store>, head: u64, subject: Bytes, sink: Sin
     .await;
     match found {
         Ok(Some(event)) => {
-            sink.push_event(&event);
+            sink.push_event_as(&reply, &event);
         }
         Ok(None) => sink.push_status(&reply, "404 No Messages", &[]),
         Err(error) => {

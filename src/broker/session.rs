@@ -407,9 +407,12 @@ impl Session {
     /// `$EL.FETCH` and `$EL.LAST.<subject>` (on the requester's subscription to `reply`).
     async fn api_request(&mut self, message: &Pub, reply: Bytes) -> bool {
         let subject = &message.subject[..];
-        if subject == FETCH_API || subject.starts_with(LAST_API) {
-            self.settle().await;
+        if subject != SUBSCRIBE_API && subject != FETCH_API && !subject.starts_with(LAST_API) {
+            return false;
         }
+        // The answer must find the requester's reply subscription, which may still be
+        // waiting behind its own stored publishes; and a query must see those publishes.
+        self.settle().await;
         let result = if subject == SUBSCRIBE_API {
             self.api_subscribe(&message.payload).await
         } else if subject == FETCH_API {

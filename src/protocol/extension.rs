@@ -111,7 +111,7 @@ pub fn start(text: &[u8]) -> Result<Start, String> {
 /// An RFC 3339 time as unix nanoseconds (times before 1970 are refused).
 fn time(text: &str) -> Result<u64, String> {
     let timestamp: jiff::Timestamp = text.parse().map_err(|e| format!("invalid time {text}: {e}"))?;
-    u64::try_from(timestamp.as_nanosecond()).map_err(|_| format!("time {text} is before 1970"))
+    u64::try_from(timestamp.as_nanosecond()).map_err(|_| format!("time {text} is outside the years 1970 to 2554"))
 }
 
 /// A one-shot read of the log.

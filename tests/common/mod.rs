@@ -222,3 +222,147 @@ impl Raw {
         }
     }
 }
+
+/// A message as a catch-up subscription or a query delivers it: `HMSG <subject> <sid>
+/// [reply] <hlen> <total>` read to the exact byte count (a plain `MSG` reads with no
+/// headers).
+#[derive(Debug, Clone)]
+pub struct Hmsg {
+    pub subject: String,
+    pub sid: String,
+    pub reply: Option<String>,
+    /// The header block, from `NATS/1.0` through its closing blank line (empty for `MSG`).
+    pub headers: String,
+    pub payload: Vec<u8>,
+}
+
+impl Hmsg {
+    /// The status after `NATS/1.0` (`100 Caught Up`, `204 End Of Results`), if any.
+    pub fn status(&self) -> Option<&str> {
+        let first = self.headers.split("\r\n").next()?;
+        first.strip_prefix("NATS/1.0 ").map(str::trim).filter(|status| !status.is_empty())
+    }
+
+    /// The first value of header `name` (compared case-insensitively), trimmed.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.split("\r\n").skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+
+    /// A numeric header, failing the test if it is missing or not a number.
+    pub fn number(&self, name: &str) -> u64 {
+        let value = self.header(name).unwrap_or_else(|| panic!("no {name} header in {self:?}"));
+        value.parse().unwrap_or_else(|_| panic!("{name} is not a number in {self:?}"))
+    }
+
+    /// The event's `Nats-Sequence`.
+    pub fn seq(&self) -> u64 {
+        self.number("Nats-Sequence")
+    }
+}
+
+/// What the server sends next: a message, or any other line (`PONG`, `+ACK ...`, `-NAK ...`).
+#[derive(Debug)]
+pub enum Incoming {
+    Msg(Hmsg),
+    Line(String),
+}
+
+/// Helpers for the catch-up and query extensions.
+impl Raw {
+    /// Connects quietly, announcing header support (as a client of the extensions does).
+    pub async fn with_headers(addr: SocketAddr) -> Raw {
+        Raw::connect_with(addr, r#"{"verbose":false,"pedantic":false,"headers":true}"#).await
+    }
+
+    /// The next message (`HMSG` or `MSG`, payload read to the exact byte) or line.
+    pub async fn incoming(&mut self) -> Incoming {
+        let line = self.line().await;
+        let words: Vec<&str> = line.split_ascii_whitespace().collect();
+        let number = |word: &str| word.parse::<usize>().unwrap_or_else(|_| panic!("bad size in {line:?}"));
+        let (header_len, total, reply) = match words.as_slice() {
+            ["HMSG", _, _, hlen, total] => (number(hlen), number(total), None),
+            ["HMSG", _, _, reply, hlen, total] => (number(hlen), number(total), Some(*reply)),
+            ["MSG", _, _, total] => (0, number(total), None),
+            ["MSG", _, _, reply, total] => (0, number(total), Some(*reply)),
+            _ => return Incoming::Line(line),
+        };
+        assert!(header_len <= total, "header size past the total in {line:?}");
+        let mut body = self.read_exact(total + 2).await;
+        assert_eq!(&body[total..], b"\r\n", "message body of {line:?} not followed by CRLF");
+        body.truncate(total);
+        let payload = body.split_off(header_len);
+        let headers = String::from_utf8(body).expect("UTF-8 header block");
+        Incoming::Msg(Hmsg {
+            subject: words[1].to_owned(),
+            sid: words[2].to_owned(),
+            reply: reply.map(str::to_owned),
+            headers,
+            payload,
+        })
+    }
+
+    /// The next message, failing the test on any other line.
+    pub async fn hmsg(&mut self) -> Hmsg {
+        match self.incoming().await {
+            Incoming::Msg(msg) => msg,
+            Incoming::Line(line) => panic!("expected a message, got {line:?}"),
+        }
+    }
+
+    /// `APUB <subject>` with `payload`; returns the `+ACK`'s sequence.
+    pub async fn apub(&mut self, subject: &str, payload: &str) -> u64 {
+        self.send(&format!("APUB {subject} {}\r\n{payload}\r\n", payload.len())).await;
+        let line = self.line().await;
+        ack_seq(&line)
+    }
+
+    /// `FETCH <sid> <args>`: the events, then the `204 End Of Results` status that ends them.
+    pub async fn fetch(&mut self, sid: &str, args: &str) -> (Vec<Hmsg>, Hmsg) {
+        self.send(&format!("FETCH {sid} {args}\r\n")).await;
+        let mut events = Vec::new();
+        loop {
+            let msg = match self.incoming().await {
+                Incoming::Msg(msg) => msg,
+                Incoming::Line(line) => panic!("FETCH {sid} {args}: expected results, got {line:?}"),
+            };
+            assert_eq!(msg.sid, sid, "FETCH result on another sid: {msg:?}");
+            if msg.status().is_some() {
+                assert_eq!(msg.status(), Some("204 End Of Results"), "FETCH {sid} {args}");
+                assert!(msg.payload.is_empty(), "status with a payload: {msg:?}");
+                return (events, msg);
+            }
+            events.push(msg);
+        }
+    }
+}
+
+/// The sequence of a `+ACK seq=N rev=R` line, failing the test on anything else.
+pub fn ack_seq(line: &str) -> u64 {
+    line.strip_prefix("+ACK seq=")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|seq| seq.parse().ok())
+        .unwrap_or_else(|| panic!("expected +ACK seq=N rev=R, got {line:?}"))
+}
+
+/// The naive NATS matcher (`*` one token, `>` the rest), the oracle for expected results.
+pub fn subject_matches(filter: &str, subject: &str) -> bool {
+    let (mut filter, mut subject) = (filter.split('.'), subject.split('.'));
+    loop {
+        match (filter.next(), subject.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(f), Some(s)) if f == s => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// An RFC 3339 time (a `Nats-Time-Stamp`) as unix nanoseconds.
+pub fn nanos(rfc3339: &str) -> i128 {
+    let time: jiff::Timestamp = rfc3339.parse().unwrap_or_else(|e| panic!("bad time {rfc3339:?}: {e}"));
+    time.as_nanosecond()
+}
