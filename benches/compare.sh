@@ -4,6 +4,11 @@
 # alternating which server goes first, and prints per case the median over repeats of the
 # per-subscriber median msg/s, then each server's peak RSS.
 #
+# This is the live (volatile) path: eventline starts with `--volatile 'bench.>'` (plus the
+# default `_INBOX.>`) on a temporary data directory, so the fan-out subject `bench.fanout` is
+# delivered but never stored, like core NATS. For the stored path (acked publishes, replay,
+# latency on a stored subject) against JetStream, see benches/compare-log.sh.
+#
 # Usage: benches/compare.sh
 # Environment (defaults in brackets):
 #   REPEATS [3]  COUNT_SMALL [2000000] (16 B and 128 B cases)  COUNT_1K [500000] (1 KiB cases)
@@ -44,7 +49,9 @@ bin=$work/eventline
 cp target/release/eventline "$bin"
 
 # eventline on port 0; its first stdout line names the bound address.
-exec 3< <(exec "$bin" serve --port 0 --log-level warn --data "$work/data" 2>"$work/eventline.log")
+# `--volatile` replaces the default list, so `_INBOX.>` is named again.
+exec 3< <(exec "$bin" serve --port 0 --log-level warn --data "$work/data" \
+    --volatile '_INBOX.>' --volatile 'bench.>' 2>"$work/eventline.log")
 evl_pid=$!
 read -r -t 10 line <&3 || die "eventline printed no address; its log: $(cat "$work/eventline.log")"
 [[ $line == "listening on "* ]] || die "unexpected first line from eventline: $line"
@@ -64,7 +71,7 @@ done
 
 echo "# $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty')"
 echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
-echo "# nats-server $("$NATS_SERVER" --version | awk '{print $2}'), eventline at $evl_addr, nats-server at $nats_addr"
+echo "# nats-server $("$NATS_SERVER" --version | awk '{print $2}'), eventline at $evl_addr (bench.> volatile: live only), nats-server at $nats_addr"
 echo "# load before: $(uptime | sed 's/.*load average/load average/')"
 
 # subscribers size count

@@ -11,10 +11,13 @@
 //!   dedup window, the high-water mark. Synchronous, no network, no protocol.
 //! - [`subject`]: subject validation, wildcard matching and the subscription trie.
 //! - [`bench`]: the `eventline bench` load tool, a protocol client for any NATS server.
+//! - [`client`]: the `eventline pub`, `sub` and `fetch` commands: a small async client over
+//!   the raw protocol and its extensions (`APUB`, catch-up `SUB`, `FETCH`).
 #![deny(unsafe_code)]
 
 pub mod bench;
 pub mod broker;
+pub mod client;
 pub mod protocol;
 pub mod server;
 pub mod store;

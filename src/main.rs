@@ -11,6 +11,7 @@ use eventline::broker::{
     Broker, BrokerConfig, DEFAULT_DEDUP_WINDOW, DEFAULT_MAX_PENDING, DEFAULT_PING_INTERVAL, DEFAULT_VOLATILE,
     DEFAULT_WRITE_DEADLINE, FsyncPolicy,
 };
+use eventline::client::{self, ClientError, Conditions, Endpoint, Range, Subscription};
 use eventline::protocol::DEFAULT_MAX_PAYLOAD;
 use eventline::subject::Filter;
 use tokio::net::TcpListener;
@@ -30,6 +31,97 @@ enum Command {
     Serve(ServeArgs),
     /// Load-test any NATS-protocol server (eventline or nats-server).
     Bench(eventline::bench::BenchArgs),
+    /// Publish one message; with --ack, print its sequence once it is durable.
+    ///
+    /// Exit code 0 on success, 1 when the server refuses the publish (the reason is on
+    /// stderr), 2 on usage and connection errors.
+    Pub(PubArgs),
+    /// Subscribe: live messages, or with --from the log's events then live ones.
+    ///
+    /// Results on stdout, one line each; `-- subscribed ...` and `-- caught up at <seq>` on
+    /// stderr. Runs until --count messages, Ctrl-C or the server closing the connection (exit
+    /// 2). Exit code 1 when the server refuses the start position.
+    Sub(SubArgs),
+    /// Query the event log once: the matching events in sequence order.
+    ///
+    /// One line per event, `<seq> <time> <subject> <payload>`, on stdout, then `-- N events`
+    /// on stderr. Exit code 1 when the server refuses the query, 2 on usage and connection
+    /// errors.
+    Fetch(FetchArgs),
+}
+
+/// Where the client commands connect.
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// The server's host:port.
+    #[arg(long, default_value = eventline::client::DEFAULT_SERVER)]
+    server: String,
+    /// Seconds any network wait may take (connecting, a PONG, an +ACK, the next query result);
+    /// waiting for live messages has no limit.
+    #[arg(long, default_value_t = eventline::client::DEFAULT_TIMEOUT.as_secs_f64(), value_parser = seconds)]
+    timeout: f64,
+}
+
+#[derive(clap::Args)]
+struct PubArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Publish with APUB and print `seq=N rev=R` (and ` duplicate`) once the event is durable;
+    /// a refused publish prints the reason on stderr and exits with 1.
+    #[arg(long)]
+    ack: bool,
+    /// Refuse unless the subject's last event has this sequence (0: the subject has none).
+    /// Needs --ack, which reports the outcome.
+    #[arg(long, value_name = "SEQ", requires = "ack")]
+    expect_last_subject_seq: Option<u64>,
+    /// Deduplicate: a repeat of this id within the dedup window stores nothing and gets the
+    /// first copy's sequence. Needs --ack.
+    #[arg(long, value_name = "ID", requires = "ack")]
+    msg_id: Option<String>,
+    /// A literal subject (no wildcards).
+    subject: String,
+    /// The message body, sent as given.
+    payload: String,
+}
+
+#[derive(clap::Args)]
+struct SubArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// A subject filter (`*` and `>` wildcards allowed).
+    filter: String,
+    /// Catch up from the log first: a sequence (0 or 1: the beginning), an RFC 3339 time,
+    /// `last` (the last event of each subject) or `new`. Prints `<seq> <time> <subject>
+    /// <payload>` per event; without it, a live NATS subscription printing `<subject> <payload>`.
+    #[arg(long, value_name = "SEQ|TIME|last|new")]
+    from: Option<String>,
+    /// Exit after this many messages.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
+}
+
+#[derive(clap::Args)]
+struct FetchArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// One or more subject filters.
+    #[arg(required = true)]
+    filters: Vec<String>,
+    /// First sequence to consider.
+    #[arg(long, value_name = "SEQ")]
+    from_seq: Option<u64>,
+    /// Last sequence to consider.
+    #[arg(long, value_name = "SEQ")]
+    to_seq: Option<u64>,
+    /// Events at or after this RFC 3339 time.
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Events before this RFC 3339 time.
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// At most this many events (the server's default: 10000).
+    #[arg(long)]
+    limit: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -83,6 +175,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Bench(args) => runtime.block_on(eventline::bench::run(args)),
+        Command::Pub(args) => return client_exit(runtime.block_on(publish(args))),
+        Command::Sub(args) => return client_exit(runtime.block_on(subscribe(args))),
+        Command::Fetch(args) => return client_exit(runtime.block_on(fetch(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -95,6 +190,14 @@ fn main() -> ExitCode {
 
 async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().with_env_filter(EnvFilter::try_new(&args.log_level)?).with_writer(std::io::stderr).init();
+    if args.max_payload > args.max_pending {
+        // As nats-server: a message larger than the pending bound could never be delivered.
+        return Err(format!(
+            "--max-payload ({}) cannot be higher than --max-pending ({})",
+            args.max_payload, args.max_pending
+        )
+        .into());
+    }
     let listener = TcpListener::bind((args.host.as_str(), args.port)).await?;
     let address: SocketAddr = listener.local_addr()?;
     let fatal = CancellationToken::new();
@@ -127,6 +230,48 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A client command's outcome as an exit code: 0, 1 when the server refused, 2 otherwise.
+fn client_exit(result: Result<(), ClientError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let code = error.exit_code();
+            if code != 0 {
+                eprintln!("eventline: {error}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+impl ServerArgs {
+    fn endpoint(&self) -> Endpoint {
+        Endpoint { server: self.server.clone(), timeout: Duration::from_secs_f64(self.timeout) }
+    }
+}
+
+async fn publish(args: PubArgs) -> Result<(), ClientError> {
+    let conditions = args
+        .ack
+        .then(|| Conditions { expect_last_subject_seq: args.expect_last_subject_seq, msg_id: args.msg_id.clone() });
+    let endpoint = args.server.endpoint();
+    client::publish(&endpoint, &args.subject, args.payload.as_bytes(), conditions.as_ref(), &mut std::io::stdout())
+        .await
+}
+
+async fn subscribe(args: SubArgs) -> Result<(), ClientError> {
+    let request = Subscription { filter: args.filter, from: args.from, count: args.count };
+    let (mut out, mut diag) = (std::io::stdout(), std::io::stderr());
+    client::subscribe(&args.server.endpoint(), &request, &mut out, &mut diag, shutdown_signal()).await
+}
+
+async fn fetch(args: FetchArgs) -> Result<(), ClientError> {
+    let range =
+        Range { from_seq: args.from_seq, to_seq: args.to_seq, since: args.since, until: args.until, limit: args.limit };
+    let (mut out, mut diag) = (std::io::stdout(), std::io::stderr());
+    client::fetch(&args.server.endpoint(), &args.filters, &range, &mut out, &mut diag).await
 }
 
 fn fsync_policy(text: &str) -> Result<FsyncPolicy, String> {

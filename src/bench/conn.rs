@@ -44,14 +44,19 @@ pub(super) struct Conn {
     codec: ServerCodec,
     server: String,
     timeout: Duration,
-    /// The server's `max_payload` from its `INFO`, once seen.
-    max_payload: Option<usize>,
+    /// The server's `INFO`, once seen.
+    info: Option<Info>,
 }
 
-/// The one `INFO` field the tool checks its arguments against.
-#[derive(Deserialize)]
+/// The `INFO` fields the tool checks its arguments and the server against.
+#[derive(Deserialize, Default)]
 struct Info {
     max_payload: Option<usize>,
+    /// Present on eventline, which lists its extensions there.
+    eventline: Option<serde_json::Value>,
+    /// nats-server started with `-js`.
+    #[serde(default)]
+    jetstream: bool,
 }
 
 impl Conn {
@@ -59,6 +64,16 @@ impl Conn {
     /// `PONG`: when this returns, the server has applied `setup`, so a subscription is in
     /// place before anyone publishes.
     pub(super) async fn open(server: &str, wait: Duration, setup: &[u8]) -> Result<Conn, BenchError> {
+        Conn::open_with(server, wait, CONNECT, setup).await
+    }
+
+    /// As [`Conn::open`], with another `CONNECT` line.
+    pub(super) async fn open_with(
+        server: &str,
+        wait: Duration,
+        connect: &[u8],
+        setup: &[u8],
+    ) -> Result<Conn, BenchError> {
         let stream = timeout(wait, TcpStream::connect(server))
             .await
             .map_err(|_| BenchError::Timeout { server: server.to_owned(), what: "connecting", after: wait })?
@@ -75,10 +90,10 @@ impl Conn {
             codec: ServerCodec::new(MAX_PAYLOAD),
             server: server.to_owned(),
             timeout: wait,
-            max_payload: None,
+            info: None,
         };
-        let mut hello = BytesMut::with_capacity(CONNECT.len() + setup.len() + 6);
-        hello.put_slice(CONNECT);
+        let mut hello = BytesMut::with_capacity(connect.len() + setup.len() + 6);
+        hello.put_slice(connect);
         hello.put_slice(setup);
         conn.write(&hello).await?;
         conn.sync().await?;
@@ -107,9 +122,9 @@ impl Conn {
                     Received::Ping => self.write(b"PONG\r\n").await?,
                     Received::Err(text) => return Err(self.refused(&text)),
                     Received::Info(json) => {
-                        self.max_payload = serde_json::from_slice::<Info>(&json).ok().and_then(|info| info.max_payload);
+                        self.info = Some(serde_json::from_slice::<Info>(&json).unwrap_or_default());
                     }
-                    Received::Msg(_) | Received::Ok => {}
+                    Received::Msg(_) | Received::Ok | Received::Ack { .. } | Received::Nak(_) => {}
                 }
             }
             match self.fill_until(deadline).await? {
@@ -123,12 +138,43 @@ impl Conn {
     /// Fails with a clear message if the server announced a `max_payload` below `size`;
     /// otherwise it would cut the connection at the first `PUB`.
     pub(super) fn check_payload(&self, size: usize) -> Result<(), BenchError> {
-        match self.max_payload {
+        match self.info.as_ref().and_then(|info| info.max_payload) {
             Some(max) if size > max => {
                 Err(BenchError::Usage(format!("--size {size} is over the max_payload {max} of {}", self.server)))
             }
             _ => Ok(()),
         }
+    }
+
+    /// Fails with a clear message unless the server's `INFO` announced eventline's extensions.
+    pub(super) fn check_eventline(&self) -> Result<(), BenchError> {
+        match &self.info {
+            Some(Info { eventline: Some(_), .. }) => Ok(()),
+            _ => Err(BenchError::Usage(format!(
+                "{} is not eventline (its INFO has no \"eventline\" field); for nats-server use --target jetstream",
+                self.server
+            ))),
+        }
+    }
+
+    /// Fails with a clear message unless the server's `INFO` says JetStream is enabled.
+    pub(super) fn check_jetstream(&self) -> Result<(), BenchError> {
+        match &self.info {
+            Some(Info { jetstream: true, .. }) => Ok(()),
+            _ => Err(BenchError::Usage(format!(
+                "{} has no JetStream (its INFO lacks \"jetstream\":true): start nats-server with -js",
+                self.server
+            ))),
+        }
+    }
+
+    /// The time limit on each network wait.
+    pub(super) fn wait(&self) -> Duration {
+        self.timeout
+    }
+
+    pub(super) fn server(&self) -> &str {
+        &self.server
     }
 
     /// Decodes the next op already in the buffer, or `None` if it needs more bytes.

@@ -18,6 +18,12 @@ pub enum BenchError {
     Closed { server: String, what: &'static str },
     #[error("{server} sent -ERR {text}")]
     Server { server: String, text: String },
+    #[error("{server} refused with -NAK '{text}'")]
+    Nak { server: String, text: String },
+    #[error("{server}: JetStream request {request} failed: {description} (code {code})")]
+    JetStream { server: String, request: String, code: u64, description: String },
+    #[error("{what} ({server})")]
+    Failed { server: String, what: String },
     #[error("cannot decode what {server} sent: {source}")]
     Protocol { server: String, source: ProtocolError },
     #[error("invalid arguments: {0}")]

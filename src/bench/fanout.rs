@@ -22,7 +22,7 @@ use crate::protocol::client::Received;
 
 /// Bytes of `PUB` frames per write: big enough that a write is a syscall per ~64 KiB,
 /// small enough to stay in cache.
-const BATCH_BYTES: usize = 64 * 1024;
+pub(super) const BATCH_BYTES: usize = 64 * 1024;
 
 /// Arguments of `eventline bench fanout`.
 #[derive(Args, Debug, Clone)]
@@ -189,7 +189,7 @@ pub async fn measure(args: &FanoutArgs) -> Result<FanoutReport, BenchError> {
 /// One `PUB` frame for `subject` with a `size`-byte payload, repeated to about `target`
 /// bytes (at least one frame). Frames are all the same length, so any prefix of whole
 /// frames is itself a valid batch: the last, partial batch is a slice of this one.
-fn batch(subject: &str, size: usize, target: usize) -> (usize, Bytes) {
+pub(super) fn batch(subject: &str, size: usize, target: usize) -> (usize, Bytes) {
     let mut frame = BytesMut::new();
     frame.put_slice(b"PUB ");
     frame.put_slice(subject.as_bytes());
@@ -208,7 +208,7 @@ fn batch(subject: &str, size: usize, target: usize) -> (usize, Bytes) {
 
 /// Publishes `count` messages from `batch`, then waits for the PONG of a final PING.
 /// Returns when that PONG arrived.
-async fn publish(mut conn: Conn, batch: Bytes, frame_len: usize, count: u64) -> Result<Instant, BenchError> {
+pub(super) async fn publish(mut conn: Conn, batch: Bytes, frame_len: usize, count: u64) -> Result<Instant, BenchError> {
     let per_batch = (batch.len() / frame_len) as u64;
     let mut left = count;
     while left > 0 {
@@ -261,7 +261,7 @@ impl Counted {
                     }
                     Received::Ping => conn.write(b"PONG\r\n").await?,
                     Received::Err(text) => return Err(conn.refused(&text)),
-                    Received::Info(_) | Received::Ok | Received::Pong => {}
+                    Received::Info(_) | Received::Ok | Received::Pong | Received::Ack { .. } | Received::Nak(_) => {}
                 }
             }
             if self.received > before {

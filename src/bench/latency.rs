@@ -18,8 +18,10 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior, interval};
 
 use super::conn::{Conn, Fill};
-use super::stats::{grouped, per_sec, percentile};
-use super::{BenchError, CommonArgs};
+use super::jetstream::Api;
+pub use super::stats::Percentiles;
+use super::stats::{grouped, per_sec, since};
+use super::{BenchError, CommonArgs, Target, TargetArgs};
 use crate::protocol::client::Received;
 
 /// The pacer's tick: small enough that a batch per tick is a short burst, large enough
@@ -43,12 +45,18 @@ pub struct LatencyArgs {
     /// Subject to publish and subscribe on.
     #[arg(long, default_value = "bench.latency", value_parser = super::subject)]
     pub subject: String,
+    /// With --target jetstream, a stream capturing --subject is (re-)created first, so every
+    /// message is also stored; nats-server still delivers it to the plain subscriber live.
+    /// With eventline, a subject is stored unless the server was told it is --volatile.
+    #[command(flatten)]
+    pub target: TargetArgs,
 }
 
 /// Everything a latency run measured; `--json` prints it as is.
 #[derive(Debug, Serialize)]
 pub struct LatencyReport {
     pub mode: &'static str,
+    pub target: Target,
     pub server: String,
     pub rate: u64,
     pub size: usize,
@@ -64,36 +72,6 @@ pub struct LatencyReport {
     /// Why the subscriber stopped early, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-}
-
-/// Publish-to-receive latency in microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Percentiles {
-    pub min: f64,
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub p99_9: f64,
-    pub max: f64,
-    pub mean: f64,
-}
-
-impl Percentiles {
-    /// Summarises latencies in nanoseconds; `None` for no samples.
-    fn of(mut nanos: Vec<u64>) -> Option<Percentiles> {
-        nanos.sort_unstable();
-        let us = |p: f64| percentile(&nanos, p).map(|ns| ns as f64 / 1e3);
-        let mean = nanos.iter().map(|&ns| ns as f64).sum::<f64>() / nanos.len() as f64 / 1e3;
-        Some(Percentiles {
-            min: us(0.0)?,
-            p50: us(50.0)?,
-            p90: us(90.0)?,
-            p99: us(99.0)?,
-            p99_9: us(99.9)?,
-            max: us(100.0)?,
-            mean,
-        })
-    }
 }
 
 /// Runs the latency benchmark and prints its report.
@@ -124,6 +102,10 @@ pub async fn measure(args: &LatencyArgs) -> Result<LatencyReport, BenchError> {
             "latency needs --size of at least 8: each payload carries its send time".to_owned(),
         ));
     }
+    if args.target.target == Target::Jetstream {
+        let mut api = Api::open(&common.server, common.timeout()).await?;
+        api.recreate_stream(&args.target.stream, &args.subject).await?;
+    }
     let sub = format!("SUB {} 1\r\n", args.subject);
     let subscriber = Conn::open(&common.server, common.timeout(), sub.as_bytes()).await?;
     let publisher = Conn::open(&common.server, common.timeout(), b"").await?;
@@ -150,6 +132,7 @@ pub async fn measure(args: &LatencyArgs) -> Result<LatencyReport, BenchError> {
     let received = samples.nanos.len() as u64;
     Ok(LatencyReport {
         mode: "latency",
+        target: args.target.target,
         server: common.server.clone(),
         rate: args.rate,
         size: common.size,
@@ -169,11 +152,6 @@ pub async fn measure(args: &LatencyArgs) -> Result<LatencyReport, BenchError> {
 fn due(elapsed: Duration, rate: u64, count: u64) -> u64 {
     let due = elapsed.as_nanos().saturating_mul(u128::from(rate)) / 1_000_000_000 + 1;
     u64::try_from(due).unwrap_or(u64::MAX).min(count)
-}
-
-/// Nanoseconds since `base`, the clock both connections stamp with.
-fn since(base: Instant) -> u64 {
-    u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Sends `count` stamped messages at `rate`, then syncs with PING/PONG. Returns the time
@@ -255,7 +233,7 @@ impl Samples {
                     }
                     Received::Ping => conn.write(b"PONG\r\n").await?,
                     Received::Err(text) => return Err(conn.refused(&text)),
-                    Received::Info(_) | Received::Ok | Received::Pong => {}
+                    Received::Info(_) | Received::Ok | Received::Pong | Received::Ack { .. } | Received::Nak(_) => {}
                 }
             }
             if self.nanos.len() as u64 >= expected {
@@ -304,16 +282,5 @@ mod tests {
         assert_eq!(due(Duration::from_secs(1), 10_000, 50_000), 10_001);
         assert_eq!(due(Duration::from_secs(100), 10_000, 50_000), 50_000);
         assert_eq!(due(Duration::from_secs(u64::MAX), u64::MAX, u64::MAX), u64::MAX);
-    }
-
-    #[test]
-    fn percentiles_in_microseconds() {
-        assert_eq!(Percentiles::of(Vec::new()), None);
-        let nanos: Vec<u64> = (1..=1000).rev().map(|i| i * 1000).collect();
-        let p = Percentiles::of(nanos);
-        assert_eq!(
-            p,
-            Some(Percentiles { min: 1.0, p50: 500.0, p90: 900.0, p99: 990.0, p99_9: 999.0, max: 1000.0, mean: 500.5 })
-        );
     }
 }

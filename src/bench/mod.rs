@@ -7,23 +7,34 @@
 //! publishers writing a pre-built batch of `PUB` frames over and over.
 //! - [`fanout`]: P publishers -> S subscribers on one subject; throughput and loss.
 //! - [`latency`]: one publisher at a fixed rate -> one subscriber; publish-to-receive latency.
+//! - [`apub`]: acknowledged publishes from one connection, at most `--window` in flight;
+//!   ack throughput and round-trip latency.
+//! - [`replay`]: loads N events on one subject, then times one subscriber replaying them all.
+//!
+//! `apub`, `replay` and `latency` take `--target eventline|jetstream`: eventline's own
+//! extensions (`APUB`, `SUB ... FROM`), or nats-server's JetStream API (a file-storage stream,
+//! publish acks on a reply inbox, a push consumer), so both logs are measured by one client.
 //!
 //! Results go to stdout (human-readable, or one JSON line with `--json`); errors to stderr.
 
+pub mod apub;
 mod conn;
 mod error;
 pub mod fanout;
+mod jetstream;
 pub mod latency;
+pub mod replay;
 mod stats;
 #[cfg(test)]
 mod tests;
 
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
 
 pub use error::BenchError;
-pub use stats::Summary;
+pub use stats::{Percentiles, Summary};
 
 /// Arguments of `eventline bench`.
 #[derive(Args, Debug)]
@@ -39,6 +50,32 @@ pub enum Mode {
     Fanout(fanout::FanoutArgs),
     /// One publisher at a fixed rate -> one subscriber: publish-to-receive latency.
     Latency(latency::LatencyArgs),
+    /// Acknowledged publishes from one connection, at most --window unacknowledged.
+    Apub(apub::ApubArgs),
+    /// Load N events on one subject, then replay them all to one subscriber.
+    Replay(replay::ReplayArgs),
+}
+
+/// Which server's storage path a mode drives.
+#[derive(ValueEnum, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// eventline's extensions: `APUB` answered `+ACK`, `SUB <subject> <sid> FROM <start>`.
+    Eventline,
+    /// nats-server's JetStream: a file-storage stream, `PubAck` replies, a push consumer.
+    Jetstream,
+}
+
+/// Options of the modes that write into a log.
+#[derive(Args, Debug, Clone)]
+pub struct TargetArgs {
+    /// The server's storage path to use.
+    #[arg(long, value_enum, default_value_t = Target::Eventline)]
+    pub target: Target,
+    /// With --target jetstream: the stream each run deletes and re-creates (file storage,
+    /// capturing just --subject).
+    #[arg(long, default_value = "EVENTLINE_BENCH", value_parser = stream_name)]
+    pub stream: String,
 }
 
 /// Options every mode has.
@@ -84,6 +121,8 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     match args.mode {
         Mode::Fanout(args) => fanout::run(&args).await?,
         Mode::Latency(args) => latency::run(&args).await?,
+        Mode::Apub(args) => apub::run(&args).await?,
+        Mode::Replay(args) => replay::run(&args).await?,
     }
     Ok(())
 }
@@ -92,6 +131,14 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
 fn subject(text: &str) -> Result<String, String> {
     if text.is_empty() || text.bytes().any(|b| b.is_ascii_whitespace() || b == b'*' || b == b'>') {
         return Err("a subject is non-empty, without blanks or wildcards".to_owned());
+    }
+    Ok(text.to_owned())
+}
+
+/// Clap parser for `--stream`: a JetStream stream name (one subject token, no path separators).
+fn stream_name(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.bytes().any(|b| b.is_ascii_whitespace() || b".*>/\\".contains(&b)) {
+        return Err("a stream name is non-empty, without blanks, '.', '*', '>' or path separators".to_owned());
     }
     Ok(text.to_owned())
 }
@@ -162,6 +209,37 @@ mod args_tests {
     }
 
     #[test]
+    fn latency_defaults_to_eventline() {
+        let args = parse(&["latency"]);
+        let Ok(BenchArgs { mode: Mode::Latency(l) }) = args else { panic!("not a latency: {args:?}") };
+        assert_eq!(l.target.target, Target::Eventline);
+        let args = parse(&["latency", "--target", "jetstream", "--stream", "S"]);
+        let Ok(BenchArgs { mode: Mode::Latency(l) }) = args else { panic!("not a latency: {args:?}") };
+        assert_eq!((l.target.target, l.target.stream.as_str()), (Target::Jetstream, "S"));
+    }
+
+    #[test]
+    fn apub_takes_its_options() {
+        let args = parse(&["apub", "--size", "128", "--count", "5000", "--window", "256", "--target", "jetstream"]);
+        let Ok(BenchArgs { mode: Mode::Apub(a) }) = args else { panic!("not an apub: {args:?}") };
+        assert_eq!((a.common.size, a.common.count, a.window), (128, 5000, 256));
+        assert_eq!((a.target.target, a.target.stream.as_str()), (Target::Jetstream, "EVENTLINE_BENCH"));
+        assert_eq!(a.subject, "bench.apub");
+        let args = parse(&["apub"]);
+        let Ok(BenchArgs { mode: Mode::Apub(a) }) = args else { panic!("not an apub: {args:?}") };
+        assert_eq!((a.window, a.target.target), (1, Target::Eventline));
+    }
+
+    #[test]
+    fn replay_takes_its_options() {
+        let args = parse(&["replay", "--count", "1000000", "--size", "128", "--subject", "r.1", "--json"]);
+        let Ok(BenchArgs { mode: Mode::Replay(r) }) = args else { panic!("not a replay: {args:?}") };
+        assert_eq!((r.common.count, r.common.size, r.subject.as_str()), (1_000_000, 128, "r.1"));
+        assert!(r.common.json);
+        assert_eq!(r.target.target, Target::Eventline);
+    }
+
+    #[test]
     fn bad_arguments_are_refused() {
         for bad in [
             &["fanout", "--publishers", "0"][..],
@@ -172,6 +250,12 @@ mod args_tests {
             &["fanout", "--timeout-secs", "0"],
             &["latency", "--rate", "0"],
             &["latency", "--publishers", "2"],
+            &["latency", "--target", "kafka"],
+            &["apub", "--window", "0"],
+            &["apub", "--stream", "a.b"],
+            &["apub", "--stream", ""],
+            &["replay", "--window", "2"],
+            &["replay", "--subject", "r.>"],
             &["nothing"],
             &[],
         ] {

@@ -33,6 +33,41 @@ pub(super) fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
     sorted.get(rank.clamp(1, n) - 1).copied()
 }
 
+/// Nanoseconds since `base`, the clock a run's connections stamp with.
+pub(super) fn since(base: tokio::time::Instant) -> u64 {
+    u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Latency in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Percentiles {
+    pub min: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p99_9: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Percentiles {
+    /// Summarises latencies in nanoseconds; `None` for no samples.
+    pub(super) fn of(mut nanos: Vec<u64>) -> Option<Percentiles> {
+        nanos.sort_unstable();
+        let us = |p: f64| percentile(&nanos, p).map(|ns| ns as f64 / 1e3);
+        let mean = nanos.iter().map(|&ns| ns as f64).sum::<f64>() / nanos.len() as f64 / 1e3;
+        Some(Percentiles {
+            min: us(0.0)?,
+            p50: us(50.0)?,
+            p90: us(90.0)?,
+            p99: us(99.0)?,
+            p99_9: us(99.9)?,
+            max: us(100.0)?,
+            mean,
+        })
+    }
+}
+
 /// Minimum, median and maximum of some per-connection figures.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Summary {
@@ -110,6 +145,17 @@ mod tests {
         assert_eq!(percentile(&[7], 99.9), Some(7));
         assert_eq!(percentile(&[1, 2], 50.0), Some(1));
         assert_eq!(percentile(&[], 50.0), None);
+    }
+
+    #[test]
+    fn percentiles_in_microseconds() {
+        assert_eq!(Percentiles::of(Vec::new()), None);
+        let nanos: Vec<u64> = (1..=1000).rev().map(|i| i * 1000).collect();
+        let p = Percentiles::of(nanos);
+        assert_eq!(
+            p,
+            Some(Percentiles { min: 1.0, p50: 500.0, p90: 900.0, p99: 990.0, p99_9: 999.0, max: 1000.0, mean: 500.5 })
+        );
     }
 
     #[test]

@@ -170,7 +170,8 @@ impl Outbound {
             let was_empty = pending.is_empty();
             let (encoded, shared) = (pending.encoded.len(), pending.shared.len());
             write(&mut pending);
-            let added = pending.encoded.len() - encoded + pending.shared[shared..].iter().map(|(_, p)| p.len()).sum::<usize>();
+            let added =
+                pending.encoded.len() - encoded + pending.shared[shared..].iter().map(|(_, p)| p.len()).sum::<usize>();
             pending.bytes += added;
             self.held.fetch_add(added, Ordering::Relaxed);
             was_empty

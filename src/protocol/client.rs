@@ -1,6 +1,7 @@
 //! The client's side of the protocol: decoding what a server sends. eventline's load tool
-//! uses it to talk to any NATS server; it shares the argument and payload rules of
-//! [`super::parse`].
+//! uses it to talk to any NATS server, and its command-line client (`crate::client`) to talk
+//! to eventline, extensions included (`+ACK`, `-NAK`); it shares the argument and payload
+//! rules of [`super::parse`].
 
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::Decoder;
@@ -27,6 +28,15 @@ pub enum Received {
     Err(Bytes),
     Ping,
     Pong,
+    /// `+ACK seq=<seq> rev=<revision>[ duplicate]`: an `APUB` is durable (an extension).
+    /// Words it does not know are ignored, so a server may add fields.
+    Ack {
+        seq: u64,
+        revision: u64,
+        duplicate: bool,
+    },
+    /// `-NAK '<reason>'`: an extension request was refused; the reason without its quotes.
+    Nak(Bytes),
 }
 
 /// Decodes [`Received`] ops; the payload limit is the client's own guard.
@@ -56,6 +66,16 @@ impl Decoder for ServerCodec {
             b"-ERR" | b"INFO" => {
                 let text = (verb.len() + 1).min(line.len())..line.len();
                 simple(RawReceived::Text(verb == b"INFO", text))
+            }
+            b"+ACK" => {
+                let (seq, revision, duplicate) = ack(args).ok_or(ProtocolError::UnknownOperation)?;
+                simple(RawReceived::Ack { seq, revision, duplicate })
+            }
+            b"-NAK" => {
+                let text = args.trim_ascii();
+                let text = text.strip_prefix(b"'").and_then(|t| t.strip_suffix(b"'")).unwrap_or(text);
+                let start = text.as_ptr() as usize - line.as_ptr() as usize;
+                simple(RawReceived::Nak(start..start + text.len()))
             }
             b"MSG" | b"HMSG" => {
                 let a = split_args(args).ok_or(ProtocolError::UnknownOperation)?;
@@ -103,6 +123,8 @@ impl Decoder for ServerCodec {
             RawReceived::Ok => Received::Ok,
             RawReceived::Text(true, text) => Received::Info(frame.slice(text)),
             RawReceived::Text(false, text) => Received::Err(frame.slice(text)),
+            RawReceived::Nak(text) => Received::Nak(frame.slice(text)),
+            RawReceived::Ack { seq, revision, duplicate } => Received::Ack { seq, revision, duplicate },
             RawReceived::Msg { subject, sid, reply, split, payload, with_headers } => Received::Msg(Delivery {
                 subject: frame.slice(subject),
                 sid: frame.slice(sid),
@@ -126,7 +148,30 @@ enum RawReceived {
     },
     /// `INFO` (true) or `-ERR` (false) and the range of the text after the verb.
     Text(bool, std::ops::Range<usize>),
+    /// `-NAK` and the range of its reason, quotes stripped.
+    Nak(std::ops::Range<usize>),
+    Ack {
+        seq: u64,
+        revision: u64,
+        duplicate: bool,
+    },
     Ok,
     Ping,
     Pong,
+}
+
+/// The words of a `+ACK` line: `seq=<n>` and `rev=<n>` (both required) and an optional
+/// `duplicate`; other words are skipped.
+fn ack(args: &[u8]) -> Option<(u64, u64, bool)> {
+    let (mut seq, mut revision, mut duplicate) = (None, None, false);
+    for word in args.split(|&b| b == b' ' || b == b'\t').filter(|w| !w.is_empty()) {
+        if word == b"duplicate" {
+            duplicate = true;
+        } else if let Some(digits) = word.strip_prefix(b"seq=") {
+            seq = Some(number(digits)?);
+        } else if let Some(digits) = word.strip_prefix(b"rev=") {
+            revision = Some(number(digits)?);
+        }
+    }
+    Some((seq?, revision?, duplicate))
 }

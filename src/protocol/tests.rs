@@ -525,7 +525,17 @@ type MsgCase = (Option<&'static [u8]>, Option<&'static [u8]>, &'static [u8]);
 fn server_stream() -> (Vec<u8>, Vec<Received>) {
     let hdr: &'static [u8] = b"NATS/1.0\r\nX: y\r\n\r\n";
     let mut dst = encoded_op(&ServerOp::Info(Box::new(sample_info())));
-    for op in [ServerOp::Ok, ServerOp::Err(UNKNOWN), ServerOp::Ping, ServerOp::Pong] {
+    let ops = [
+        ServerOp::Ok,
+        ServerOp::Err(UNKNOWN),
+        ServerOp::Ping,
+        ServerOp::Pong,
+        ServerOp::Ack { seq: 7, revision: 2, duplicate: false },
+        ServerOp::Ack { seq: 1_000_000_000_000_000_000, revision: 1, duplicate: true },
+        ServerOp::Nak("wrong last subject sequence: expected 5, actual 0".to_owned()),
+        ServerOp::Nak(String::new()),
+    ];
+    for op in ops {
         encode::server_op(&op, &mut dst);
     }
     let msgs: [MsgCase; 6] = [
@@ -537,8 +547,16 @@ fn server_stream() -> (Vec<u8>, Vec<Received>) {
         (None, None, b""),
         (None, Some(hdr), b""),
     ];
-    let mut expected =
-        vec![Received::Ok, Received::Err(b(b"'Unknown Protocol Operation'")), Received::Ping, Received::Pong];
+    let mut expected = vec![
+        Received::Ok,
+        Received::Err(b(b"'Unknown Protocol Operation'")),
+        Received::Ping,
+        Received::Pong,
+        Received::Ack { seq: 7, revision: 2, duplicate: false },
+        Received::Ack { seq: 1_000_000_000_000_000_000, revision: 1, duplicate: true },
+        Received::Nak(b(b"wrong last subject sequence: expected 5, actual 0")),
+        Received::Nak(b(b"")),
+    ];
     for (reply, headers, payload) in msgs {
         encode::msg(&mut dst, b"subj", b"sid", reply, headers, payload);
         expected.push(delivery(reply, headers, payload));
@@ -604,6 +622,27 @@ fn server_codec_rejects_bad_input() {
         assert!(matches!(r, Err(ProtocolError::UnknownOperation)), "{input:?}: {r:?}");
     }
     assert!(matches!(feed_server(&[b"MSG subj sid 2000000\r\n"]), Err(ProtocolError::MaxPayload)));
+}
+
+#[test]
+fn server_codec_ack_and_nak_lines() {
+    let cases: [(&[u8], Received); 5] = [
+        (b"+ACK rev=3 seq=9\r\n", Received::Ack { seq: 9, revision: 3, duplicate: false }),
+        (b"+ACK seq=9 rev=3 duplicate later=1\n", Received::Ack { seq: 9, revision: 3, duplicate: true }),
+        (b"-NAK 'it's refused'\r\n", Received::Nak(b(b"it's refused"))),
+        (b"-NAK unquoted reason \r\n", Received::Nak(b(b"unquoted reason"))),
+        (b"-NAK\r\n", Received::Nak(b(b""))),
+    ];
+    for (input, want) in cases {
+        let r = feed_server(&[input]);
+        assert!(matches!(r, Ok((ref ops, 0)) if *ops == [want.clone()]), "{input:?}: {r:?}");
+    }
+    let bad: [&[u8]; 5] =
+        [b"+ACK\r\n", b"+ACK seq=1\r\n", b"+ACK rev=1\r\n", b"+ACK seq=x rev=1\r\n", b"+ACK seq=1 rev=-1\r\n"];
+    for input in bad {
+        let r = feed_server(&[input]);
+        assert!(matches!(r, Err(ProtocolError::UnknownOperation)), "{input:?}: {r:?}");
+    }
 }
 
 /// A bare `-ERR` or `INFO` line (no text after the verb) from a misbehaving server must not

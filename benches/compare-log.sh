@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# Compares eventline's event log with nats-server's JetStream, using the same client for both
+# (`eventline bench apub|replay|latency`, with --target eventline or --target jetstream):
+#   - apub, window 1 and window 256: acknowledged publish throughput and ack round trips
+#     (eventline `APUB` -> `+ACK`; JetStream `PUB` with a reply inbox -> PubAck), 128 B;
+#   - replay: load N events on one subject (plain PUBs; its time is the unacknowledged publish
+#     throughput into the log), then one subscriber replays them all from the start
+#     (eventline `SUB <subject> 1 FROM 1`; JetStream an ephemeral push consumer);
+#   - latency at a fixed rate to a stored subject (eventline stores, then delivers; nats-server
+#     delivers a message on a stream subject live to a plain subscriber and stores it as well).
+# Servers: eventline `--fsync always` (fsyncs each batch before acking or delivering it), a
+# second eventline `--fsync never` for the window-1 apub case, and nats-server -js. Each case
+# runs REPEATS times, alternating which server goes first; the table shows medians.
+#
+# Usage: benches/compare-log.sh
+# Environment (defaults in brackets):
+#   REPEATS [3]  SIZE [128]  APUB_W1_COUNT [5000]  APUB_W256_COUNT [200000]
+#   REPLAY_COUNT [1000000]  LATENCY_RATE [10000]  LATENCY_COUNT [50000]  TIMEOUT_SECS [60]
+#   NATS_SERVER [nats-server, else /usr/sbin/nats-server]
+# Servers and client share the machine: quote figures with the header this prints.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REPEATS=${REPEATS:-3}
+SIZE=${SIZE:-128}
+APUB_W1_COUNT=${APUB_W1_COUNT:-5000}
+APUB_W256_COUNT=${APUB_W256_COUNT:-200000}
+REPLAY_COUNT=${REPLAY_COUNT:-1000000}
+LATENCY_RATE=${LATENCY_RATE:-10000}
+LATENCY_COUNT=${LATENCY_COUNT:-50000}
+TIMEOUT_SECS=${TIMEOUT_SECS:-60}
+NATS_SERVER=${NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}
+
+die() {
+    echo "compare-log.sh: $*" >&2
+    exit 1
+}
+
+[[ -x $NATS_SERVER ]] || die "nats-server not found (set NATS_SERVER)"
+command -v python3 >/dev/null || die "python3 is needed (free port, report table)"
+
+work=$(mktemp -d)
+always_pid=""
+never_pid=""
+nats_pid=""
+cleanup() {
+    for pid in $always_pid $never_pid $nats_pid; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+cargo build --release
+# A copy, so that a concurrent rebuild cannot swap the binary between runs.
+bin=$work/eventline
+cp target/release/eventline "$bin"
+
+# eventline on port 0 with the given --fsync; the first line of its stdout names the bound
+# address. Sets evl_pid and evl_addr.
+start_eventline() {
+    local fsync=$1 line=""
+    "$bin" serve --port 0 --log-level warn --fsync "$fsync" --data "$work/evl-$fsync" \
+        >"$work/evl-$fsync.out" 2>"$work/evl-$fsync.log" &
+    evl_pid=$!
+    for _ in $(seq 100); do
+        # The shell may not have created the file yet.
+        line=$(head -n 1 "$work/evl-$fsync.out" 2>/dev/null || true)
+        [[ -n $line ]] && break
+        kill -0 "$evl_pid" 2>/dev/null || die "eventline --fsync $fsync exited: $(cat "$work/evl-$fsync.log")"
+        sleep 0.1
+    done
+    [[ $line == "listening on "* ]] || die "eventline --fsync $fsync printed no address (got '$line'); its log: $(cat "$work/evl-$fsync.log")"
+    evl_addr=${line#listening on }
+}
+start_eventline always
+always_pid=$evl_pid
+always_addr=$evl_addr
+start_eventline never
+never_pid=$evl_pid
+never_addr=$evl_addr
+
+# nats-server on a port the kernel just handed out (a tiny race, fine for a bench script).
+nats_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$NATS_SERVER" -js -sd "$work/nats" -a 127.0.0.1 -p "$nats_port" >"$work/nats.log" 2>&1 &
+nats_pid=$!
+nats_addr=127.0.0.1:$nats_port
+for _ in $(seq 100); do
+    if (: <"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null; then break; fi
+    kill -0 "$nats_pid" 2>/dev/null || die "nats-server exited: $(cat "$work/nats.log")"
+    sleep 0.1
+done
+(: <"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null || die "nats-server is not accepting on $nats_addr"
+
+echo "# $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty')"
+echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
+echo "# nats-server $("$NATS_SERVER" --version | awk '{print $2}') -js at $nats_addr; eventline --fsync always at $always_addr, --fsync never at $never_addr"
+echo "# $SIZE B payloads; apub w=1 x $APUB_W1_COUNT, w=256 x $APUB_W256_COUNT; replay x $REPLAY_COUNT; latency $LATENCY_COUNT at $LATENCY_RATE msg/s"
+echo "# load before: $(uptime | sed 's/.*load average/load average/')"
+
+results=$work/results.tsv
+: >"$results"
+# One progress line on stderr per run, from its JSON report.
+cat >"$work/progress.py" <<'EOF'
+import json, sys
+rep, case, label, out = sys.argv[1:5]
+r = json.loads(out)
+if r["mode"] == "apub":
+    l = r["ack_latency_us"] or {}
+    what = "%12.0f acks/s, ack p50 %.0f us, p99 %.0f us" % (r["msg_per_sec"], l.get("p50", 0), l.get("p99", 0))
+elif r["mode"] == "replay":
+    what = "load %.0f msg/s, replay %.0f msg/s, first after %.1f ms" % (
+        r["load"]["msg_per_sec"], r["msg_per_sec"], r["first_msg_ms"])
+else:
+    l = r["latency_us"] or {}
+    what = "p50 %.0f us, p99 %.0f us, lost %d" % (l.get("p50", 0), l.get("p99", 0), r["lost"])
+print("run %s %-9s %-16s %s" % (rep, case, label, what))
+EOF
+# run <repeat> <case> <server label> <bench arguments...>: one run, its JSON kept for the table.
+run() {
+    local rep=$1 case=$2 label=$3 out
+    shift 3
+    if ! out=$("$bin" bench "$@" --timeout-secs "$TIMEOUT_SECS" --json); then
+        echo "run $rep/$REPEATS $case $label failed" >&2
+        return 0
+    fi
+    printf '%s\t%s\t%s\t%s\n' "$rep" "$case" "$label" "$out" >>"$results"
+    python3 "$work/progress.py" "$rep/$REPEATS" "$case" "$label" "$out" >&2
+}
+
+common=(--size "$SIZE")
+for rep in $(seq "$REPEATS"); do
+    # Alternate who goes first, so neither always runs on a warmer (or more loaded) machine.
+    if ((rep % 2)); then order="eventline jetstream"; else order="jetstream eventline"; fi
+    for name in $order; do
+        if [[ $name == eventline ]]; then
+            run "$rep" apub-w1 eventline-always apub --server "$always_addr" "${common[@]}" --count "$APUB_W1_COUNT" --window 1
+            run "$rep" apub-w1 eventline-never apub --server "$never_addr" "${common[@]}" --count "$APUB_W1_COUNT" --window 1
+        else
+            run "$rep" apub-w1 jetstream apub --target jetstream --server "$nats_addr" "${common[@]}" --count "$APUB_W1_COUNT" --window 1
+        fi
+    done
+    for name in $order; do
+        if [[ $name == eventline ]]; then
+            run "$rep" apub-w256 eventline-always apub --server "$always_addr" "${common[@]}" --count "$APUB_W256_COUNT" --window 256
+        else
+            run "$rep" apub-w256 jetstream apub --target jetstream --server "$nats_addr" "${common[@]}" --count "$APUB_W256_COUNT" --window 256
+        fi
+    done
+    for name in $order; do
+        if [[ $name == eventline ]]; then
+            # A subject of its own per repeat: eventline cannot delete events, and the replay
+            # starts at sequence 1 (JetStream re-creates its stream instead).
+            run "$rep" replay eventline-always replay --server "$always_addr" "${common[@]}" --count "$REPLAY_COUNT" --subject "bench.replay.r$rep"
+        else
+            run "$rep" replay jetstream replay --target jetstream --server "$nats_addr" "${common[@]}" --count "$REPLAY_COUNT"
+        fi
+    done
+    for name in $order; do
+        if [[ $name == eventline ]]; then
+            run "$rep" latency eventline-always latency --server "$always_addr" "${common[@]}" --count "$LATENCY_COUNT" --rate "$LATENCY_RATE"
+        else
+            run "$rep" latency jetstream latency --target jetstream --server "$nats_addr" "${common[@]}" --count "$LATENCY_COUNT" --rate "$LATENCY_RATE"
+        fi
+    done
+done
+
+hwm() { awk '/^VmHWM/ {printf "%.1f MiB", $2 / 1024}' "/proc/$1/status" 2>/dev/null || echo "?"; }
+echo "# load after: $(uptime | sed 's/.*load average/load average/')"
+echo
+python3 - "$results" <<'EOF'
+import json, statistics, sys
+from collections import defaultdict
+
+runs = defaultdict(list)
+for line in open(sys.argv[1]):
+    _rep, case, label, out = line.rstrip("\n").split("\t", 3)
+    runs[case, label].append(json.loads(out))
+
+rows = [
+    # case, metric label, unit, value of one run
+    ("apub-w1", "apub w=1 acked", "msg/s", lambda r: r["msg_per_sec"]),
+    ("apub-w1", "apub w=1 ack p50", "us", lambda r: (r["ack_latency_us"] or {}).get("p50")),
+    ("apub-w1", "apub w=1 ack p99", "us", lambda r: (r["ack_latency_us"] or {}).get("p99")),
+    ("apub-w256", "apub w=256 acked", "msg/s", lambda r: r["msg_per_sec"]),
+    ("apub-w256", "apub w=256 ack p50", "us", lambda r: (r["ack_latency_us"] or {}).get("p50")),
+    ("apub-w256", "apub w=256 ack p99", "us", lambda r: (r["ack_latency_us"] or {}).get("p99")),
+    ("replay", "replay: load (plain PUB)", "msg/s", lambda r: r["load"]["msg_per_sec"]),
+    ("replay", "replay: load (plain PUB)", "MB/s", lambda r: r["load"]["mb_per_sec"]),
+    ("replay", "replay", "msg/s", lambda r: r["msg_per_sec"]),
+    ("replay", "replay", "MB/s", lambda r: r["mb_per_sec"]),
+    ("replay", "replay: first message", "ms", lambda r: r["first_msg_ms"]),
+    ("latency", "latency p50", "us", lambda r: (r["latency_us"] or {}).get("p50")),
+    ("latency", "latency p99", "us", lambda r: (r["latency_us"] or {}).get("p99")),
+    ("latency", "latency p99.9", "us", lambda r: (r["latency_us"] or {}).get("p99_9")),
+    ("latency", "latency lost", "msgs", lambda r: r["lost"]),
+]
+
+def median(case, label, value):
+    values = [v for v in (value(r) for r in runs[case, label]) if v is not None]
+    return statistics.median(values) if values else None
+
+def fmt(v, unit):
+    if v is None:
+        return "-"
+    return f"{v:,.1f}" if unit in ("MB/s", "ms") or (unit == "us" and v < 100) else f"{v:,.0f}"
+
+def ratio(a, b):
+    return f"{a / b:.2f}" if a is not None and b else "-"
+
+print(f"{'metric':<28}{'unit':>6}{'eventline':>14}{'eventline':>13}{'JetStream':>13}{'ratio':>8}{'ratio':>8}")
+print(f"{'':<28}{'':>6}{'fsync always':>14}{'fsync never':>13}{'(2.9.10)':>13}{'always':>8}{'never':>8}")
+for case, metric, unit, value in rows:
+    a = median(case, "eventline-always", value)
+    n = median(case, "eventline-never", value)
+    j = median(case, "jetstream", value)
+    print(f"{metric:<28}{unit:>6}{fmt(a, unit):>14}{fmt(n, unit):>13}{fmt(j, unit):>13}{ratio(a, j):>8}{ratio(n, j):>8}")
+counts = {label: len(v) for (case, label), v in runs.items() if case == "apub-w1"}
+print("(medians over repeats; ratio = eventline / JetStream: above 1 is better for msg/s and MB/s,")
+print(" below 1 is better for us and ms; runs per server in apub w=1: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")")
+EOF
+echo
+echo "peak RSS (VmHWM): eventline --fsync always $(hwm "$always_pid"), eventline --fsync never $(hwm "$never_pid"), nats-server $(hwm "$nats_pid")"
+cat <<'EOF'
+notes:
+- durability differs: nats-server 2.9.10 does not fsync per message (its default sync interval
+  is 2 minutes), so its PubAck means "written to the OS"; eventline --fsync always fsyncs each
+  batch before acking it (and, for a plain PUB on a stored subject, before delivering it).
+  eventline --fsync never is the like-for-like case for the window-1 ack round trip.
+- latency: on eventline the subject is stored, and delivered once stored; on nats-server the
+  message on the stream subject is delivered live to the plain subscriber by the core server,
+  while JetStream stores it alongside.
+- replay: eventline replays a subject of its own per repeat (bench.replay.rN) from a log that
+  also holds the earlier repeats' events; JetStream replays a stream re-created for the run.
+  The load row is the replay's load phase: unacknowledged publishes until all are stored.
+EOF
