@@ -4,7 +4,7 @@
 //! store up to the head, and once there it is switched to live delivery under a lock that
 //! the timeline writer's fan-out also takes, so no event can fall between the two. While it
 //! replays, live events are kept in a bounded buffer; when the buffer overflows, or when a
-//! live subscriber falls behind (its outbound queue past half its bound), it simply goes
+//! live subscriber falls behind (its outbound queue lagging (see `LAGGING_AT_MOST`)), it simply goes
 //! back to reading the store from the last sequence it delivered. Nothing is skipped,
 //! nothing is delivered twice, and memory stays bounded whatever the log's size and the
 //! publish rate: the subscriber is never cut as a slow consumer for being behind.
@@ -243,7 +243,7 @@ impl CatchUp {
         true
     }
 
-    /// Waits while the subscriber holds more than half its bound: the replay is paced by
+    /// Waits while the subscriber is lagging: the replay is paced by
     /// the socket, not by the log.
     async fn pace(&self) {
         while self.sink.outbound.is_lagging() && !self.is_closed() {

@@ -10,11 +10,11 @@
 //! for every message.
 //!
 //! Pushing never blocks. A push that takes the pending bytes past `max_pending` closes the
-//! connection as a slow consumer (nats-server's rule). Before that, past half the bound,
+//! connection as a slow consumer (nats-server's rule). Before that, past [`LAGGING_AT_MOST`] (or half the bound),
 //! the push reports the subscriber as lagging so the publisher can pause briefly
 //! ([`Outbound::wait_drained`]), as nats-server stalls fast producers.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -25,6 +25,12 @@ use crate::protocol::{ServerOp, encode};
 
 /// Payload size from which a delivery shares the publisher's bytes instead of copying.
 pub const SHARE_PAYLOADS_FROM: usize = 16 * 1024;
+
+/// A subscriber holding more than this (or half its bound, if less) counts as lagging:
+/// publishers to it pause and replays to it wait until it drains. nats-server pauses at half
+/// the bound; pausing earlier keeps memory near what the sockets hold without costing
+/// throughput, since a writer drains this much in a few milliseconds.
+pub const LAGGING_AT_MOST: usize = 4 * 1024 * 1024;
 
 /// Why a connection closed; logged once per connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +55,7 @@ impl CloseReason {
 pub enum Pushed {
     /// Queued.
     Queued,
-    /// Queued, but the subscriber holds more than half its bound: slow the publisher down.
+    /// Queued, but the subscriber is lagging: slow the publisher down.
     Lagging,
     /// Not queued: the connection is closing (perhaps because of this push).
     Dropped,
@@ -92,9 +98,14 @@ pub struct Outbound {
     /// Bytes queued plus bytes the writer has taken but not yet written.
     held: AtomicUsize,
     max_pending: usize,
+    /// Held bytes past which the subscriber counts as lagging (see [`LAGGING_AT_MOST`]).
+    lagging_at: usize,
     wake: Notify,
     drained: Notify,
     closing: CancellationToken,
+    /// Mirrors `closing` for the per-message check: a plain load, where the token's own
+    /// check takes a lock.
+    closed: AtomicBool,
     close_reason: Mutex<Option<CloseReason>>,
 }
 
@@ -104,9 +115,11 @@ impl Outbound {
             pending: Mutex::new(Pending::default()),
             held: AtomicUsize::new(0),
             max_pending,
+            lagging_at: (max_pending / 2).min(LAGGING_AT_MOST),
             wake: Notify::new(),
             drained: Notify::new(),
             closing: CancellationToken::new(),
+            closed: AtomicBool::new(false),
             close_reason: Mutex::new(None),
         }
     }
@@ -148,7 +161,7 @@ impl Outbound {
         });
         match queued {
             false => Pushed::Dropped,
-            true if held + size > self.max_pending / 2 => Pushed::Lagging,
+            true if held + size > self.lagging_at => Pushed::Lagging,
             true => Pushed::Queued,
         }
     }
@@ -162,7 +175,7 @@ impl Outbound {
     /// Runs `write` on the pending buffers and counts exactly the bytes it added (the
     /// slow-consumer check before it works from an estimate).
     fn push(&self, write: impl FnOnce(&mut Pending)) -> bool {
-        if self.closing.is_cancelled() {
+        if self.closed.load(Ordering::Acquire) {
             return false;
         }
         let was_empty = {
@@ -190,18 +203,18 @@ impl Outbound {
     }
 
     /// Releases `bytes` from the bound once the writer has sent them, and wakes publishers
-    /// paused on this subscriber when it is back under half the bound.
+    /// paused on this subscriber when it is no longer lagging.
     pub fn written(&self, bytes: usize) {
         let before = self.held.fetch_sub(bytes, Ordering::Relaxed);
-        if before > self.max_pending / 2 && before - bytes <= self.max_pending / 2 {
+        if before > self.lagging_at && before - bytes <= self.lagging_at {
             self.drained.notify_waiters();
         }
     }
 
-    /// Whether the subscriber holds more than half its bound (publishers to it pause, and
+    /// Whether the subscriber is lagging (publishers to it pause, and
     /// catch-up replays wait, until it drains).
     pub fn is_lagging(&self) -> bool {
-        self.held.load(Ordering::Relaxed) > self.max_pending / 2
+        self.held.load(Ordering::Relaxed) > self.lagging_at
     }
 
     /// Waits until something is queued (may wake spuriously).
@@ -209,12 +222,12 @@ impl Outbound {
         self.wake.notified().await;
     }
 
-    /// Waits until the subscriber is back under half its bound, or is closing.
+    /// Waits until the subscriber is no longer lagging, or is closing.
     pub async fn wait_drained(&self) {
         let drained = self.drained.notified();
         tokio::pin!(drained);
         drained.as_mut().enable();
-        if self.held.load(Ordering::Relaxed) <= self.max_pending / 2 || self.is_closed() {
+        if self.held.load(Ordering::Relaxed) <= self.lagging_at || self.is_closed() {
             return;
         }
         tokio::select! {
@@ -226,6 +239,7 @@ impl Outbound {
     /// Starts closing the connection; the first reason given is the one kept.
     pub fn close(&self, reason: CloseReason) {
         self.close_reason.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(reason);
+        self.closed.store(true, Ordering::Release);
         self.closing.cancel();
     }
 
@@ -235,7 +249,7 @@ impl Outbound {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.closing.is_cancelled()
+        self.closed.load(Ordering::Acquire)
     }
 
     pub fn close_reason(&self) -> Option<CloseReason> {

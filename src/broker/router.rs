@@ -55,7 +55,7 @@ impl Subscription {
 }
 
 /// What routing one message did: how many subscriptions took it, and a subscriber that is
-/// lagging (past half its bound), which the publisher should give a moment to drain.
+/// lagging (lagging (see `LAGGING_AT_MOST`)), which the publisher should give a moment to drain.
 #[derive(Default)]
 pub(crate) struct Routed {
     pub(super) delivered: usize,

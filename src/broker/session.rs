@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tracing::debug;
 
 use super::catchup::{self, CatchUp, Sink};
+use super::router::Router;
 use super::timeline::{AckTo, Append, Request};
 use super::{Broker, BrokerError, Outbound, Subscription};
 use crate::protocol::{
@@ -31,7 +32,7 @@ pub struct Session {
     /// Size of `subscriptions` at which entries ended by `UNSUB <sid> <max>` are swept out
     /// (they end on other tasks' fan-out paths, which can't touch this map).
     sweep_at: usize,
-    /// A subscriber this session's publishing pushed past half its bound.
+    /// A subscriber this session's publishing pushed lagging (see `LAGGING_AT_MOST`).
     lagging: Option<Arc<Outbound>>,
     /// Events this client handed to the timeline writer that are not yet delivered.
     in_flight: Arc<AtomicUsize>,
@@ -45,6 +46,23 @@ const SUBSCRIBE_API: &[u8] = b"$EL.SUB";
 const FETCH_API: &[u8] = b"$EL.FETCH";
 /// `$EL.LAST.<subject>`: the last event of a subject.
 const LAST_API: &[u8] = b"$EL.LAST.";
+
+/// Routes a volatile message now; returns a subscriber it pushed lagging (see `LAGGING_AT_MOST`).
+/// With `no_responders` (the requester's reply sid), a message nobody took is answered 503.
+fn route_live(
+    router: &Router,
+    outbound: &Outbound,
+    message: &Pub,
+    client_id: u64,
+    echo: bool,
+    no_responders: Option<Bytes>,
+) -> Option<Arc<Outbound>> {
+    let routed = router.route(message, client_id, echo);
+    if let (0, Some(sid), Some(reply)) = (routed.delivered, no_responders, &message.reply) {
+        push_no_responders(outbound, reply, &sid);
+    }
+    routed.lagging
+}
 
 /// Queues the 503 status nats-server sends a requester whose request reached nobody.
 pub(super) fn push_no_responders(outbound: &Outbound, reply: &[u8], sid: &[u8]) {
@@ -81,7 +99,7 @@ impl Session {
         self.client_id
     }
 
-    /// A subscriber that this client's messages pushed past half its bound, if any since
+    /// A subscriber that this client's messages pushed lagging (see `LAGGING_AT_MOST`), if any since
     /// the last call: the connection pauses reading (at most [`super::MAX_STALL`]) to let
     /// it drain, as nats-server stalls fast producers, instead of cutting it off at once.
     pub fn take_lagging(&mut self) -> Option<Arc<Outbound>> {
@@ -196,22 +214,23 @@ impl Session {
             Some(reply) if self.options.no_responders => self.reply_subscription(reply),
             _ => None,
         };
-        let (router, outbound) = (Arc::clone(&self.broker.router), Arc::clone(&self.outbound));
-        let (client_id, echo) = (self.client_id, self.options.echo);
-        let route = move || {
-            let routed = router.route(&message, client_id, echo);
-            if let (0, Some(sid), Some(reply)) = (routed.delivered, no_responders, &message.reply) {
-                push_no_responders(&outbound, reply, &sid);
-            }
-            routed.lagging
-        };
         if self.in_flight.load(Ordering::Acquire) == 0 {
-            self.lagging = route().or(self.lagging.take());
+            let lagging = route_live(
+                &self.broker.router,
+                &self.outbound,
+                &message,
+                self.client_id,
+                self.options.echo,
+                no_responders,
+            );
+            self.lagging = lagging.or(self.lagging.take());
         } else {
             // Behind this client's own stored publishes, so a reply cannot overtake the
             // event it answers for.
+            let (router, outbound) = (Arc::clone(&self.broker.router), Arc::clone(&self.outbound));
+            let (client_id, echo) = (self.client_id, self.options.echo);
             self.in_order(move || {
-                route();
+                route_live(&router, &outbound, &message, client_id, echo, no_responders);
             })
             .await;
         }

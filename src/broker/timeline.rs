@@ -465,7 +465,7 @@ impl Writer {
         }
     }
 
-    /// Delivers a stored message live. A subscriber pushed past half its bound gets a moment
+    /// Delivers a stored message live. A subscriber pushed lagging (see `LAGGING_AT_MOST`) gets a moment
     /// to drain, so a burst written as one batch does not cut off a subscriber that is
     /// merely behind; the waits of one batch add up to at most `stall_budget` (as a live
     /// publisher pauses at most [`MAX_STALL`] per read), so a stuck subscriber costs the
