@@ -28,6 +28,12 @@ const CHUNK: usize = 512;
 /// the store instead.
 const BUFFER_LIMIT: usize = 4096;
 
+thread_local! {
+    /// The header block being built for one delivery; reused, so a replay allocates nothing
+    /// per event for it.
+    static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::with_capacity(512));
+}
+
 /// Where a catch-up subscription or a query delivers: a connection's outbound queue and
 /// the sid of one of its subscriptions.
 #[derive(Clone)]
@@ -45,16 +51,19 @@ impl Sink {
     /// Queues one event as `HMSG <subject>`: a request's answer goes out on the reply
     /// subject, which is how client libraries match it; `Nats-Subject` keeps the event's.
     fn push_event_as(&self, subject: &[u8], event: &Event) -> Pushed {
-        let mut block = BytesMut::with_capacity(160 + event.headers.as_ref().map_or(0, Bytes::len));
-        headers::event_block(
-            &mut block,
-            event.headers.as_deref(),
-            event.seq,
-            event.timestamp,
-            &event.subject,
-            event.revision,
-        );
-        self.outbound.push_msg(subject, &self.sid, None, Some(&block), &event.payload)
+        SCRATCH.with(|scratch| {
+            let mut block = scratch.borrow_mut();
+            block.clear();
+            headers::event_block(
+                &mut block,
+                event.headers.as_deref(),
+                event.seq,
+                event.timestamp,
+                &event.subject,
+                event.revision,
+            );
+            self.outbound.push_msg(subject, &self.sid, None, Some(&block), &event.payload)
+        })
     }
 
     /// Queues a status message (no payload) such as `100 Caught Up` or `204 End Of Results`.

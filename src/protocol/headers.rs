@@ -119,7 +119,8 @@ pub fn event_block(dst: &mut BytesMut, own: Option<&[u8]>, seq: u64, timestamp: 
         dst.put_slice(b"\r\n");
     };
     field(SEQUENCE, numbers.format(seq).as_bytes());
-    field(TIME_STAMP, rfc3339(timestamp).as_bytes());
+    let mut time = [0u8; 40];
+    field(TIME_STAMP, rfc3339_into(timestamp, &mut time));
     field(SUBJECT, subject);
     field(REVISION, numbers.format(revision).as_bytes());
     dst.put_slice(b"\r\n");
@@ -128,6 +129,48 @@ pub fn event_block(dst: &mut BytesMut, own: Option<&[u8]>, seq: u64, timestamp: 
 /// Unix nanoseconds as an RFC 3339 UTC time with nanoseconds, as JetStream writes it.
 pub fn rfc3339(nanos: u64) -> String {
     jiff::Timestamp::from_nanosecond(i128::from(nanos)).map_or_else(|_| nanos.to_string(), |t| t.to_string())
+}
+
+thread_local! {
+    /// The last whole second formatted, `YYYY-MM-DDTHH:MM:SS`: a replay formats thousands
+    /// of timestamps within the same second, so only the fraction changes.
+    static LAST_SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+}
+
+/// [`rfc3339`] written into `buf` without allocating: the date and time part is cached
+/// per second, the fraction (trailing zeros trimmed, none if zero) is written here.
+fn rfc3339_into(nanos: u64, buf: &mut [u8; 40]) -> &[u8] {
+    const NANOS: u64 = 1_000_000_000;
+    let (second, fraction) = (nanos / NANOS, nanos % NANOS);
+    let mut len = LAST_SECOND.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.0 != second {
+            let whole = rfc3339(second * NANOS);
+            *cache = (second, whole.trim_end_matches('Z').to_owned());
+        }
+        let prefix = cache.1.as_bytes();
+        buf[..prefix.len()].copy_from_slice(prefix);
+        prefix.len()
+    });
+    if fraction > 0 {
+        let digits = format_fraction(fraction);
+        let trimmed = digits.iter().rposition(|&d| d != b'0').map_or(0, |last| last + 1);
+        buf[len] = b'.';
+        buf[len + 1..len + 1 + trimmed].copy_from_slice(&digits[..trimmed]);
+        len += 1 + trimmed;
+    }
+    buf[len] = b'Z';
+    &buf[..len + 1]
+}
+
+/// Nine zero-padded digits.
+fn format_fraction(mut fraction: u64) -> [u8; 9] {
+    let mut digits = [b'0'; 9];
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (fraction % 10) as u8;
+        fraction /= 10;
+    }
+    digits
 }
 
 #[cfg(test)]
@@ -172,6 +215,16 @@ mod tests {
         let mut plain = BytesMut::new();
         event_block(&mut plain, None, 1, 0, b"x", 1);
         assert!(plain.starts_with(b"NATS/1.0\r\nNats-Sequence: 1\r\n"));
+    }
+
+    #[test]
+    fn cached_timestamps_format_as_jiff_does() {
+        for nanos in
+            [0, 1, 1_500_000_000, 1_763_870_610_869_914_784, 1_763_870_610_000_000_000, 1_763_870_610_100_000_000]
+        {
+            let mut buf = [0u8; 40];
+            assert_eq!(std::str::from_utf8(rfc3339_into(nanos, &mut buf)).expect("ascii"), rfc3339(nanos), "{nanos}");
+        }
     }
 
     #[test]

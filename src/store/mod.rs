@@ -54,6 +54,15 @@ pub struct Chunk {
     pub next: u64,
 }
 
+/// Block cache. The log is read mostly once, in order (replays), so a large cache buys little.
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+/// Journal kept before memtables are flushed (fjall's minimum), bounding memory and replay
+/// time at start-up.
+const JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
+/// Memtable size per keyspace: fjall's 64 MiB default, per keyspace, would hold far more
+/// than the server needs in memory.
+const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Events examined by one scan before it returns, matching or not, so that a selective
 /// filter over a long log still answers in bounded time.
 const SCAN_BUDGET: usize = 65_536;
@@ -87,8 +96,8 @@ impl Store {
             }
             std::fs::remove_dir_all(&log_dir)?;
         }
-        let db = Database::builder(&log_dir).open()?;
-        let options = || KeyspaceCreateOptions::default();
+        let db = Database::builder(&log_dir).cache_size(CACHE_BYTES).max_journaling_size(JOURNAL_BYTES).open()?;
+        let options = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
         let events = db.keyspace("events", options)?;
         let index = db.keyspace("index", options)?;
         let dedup = db.keyspace("dedup", options)?;
@@ -219,12 +228,37 @@ impl Store {
         };
         match index_prefix(filter) {
             Some(prefix) => {
-                for guard in self.index.range(seq_range(&prefix, from, to)) {
-                    let seq = index_seq(&guard.key()?);
-                    let event = self.get(seq)?.ok_or(StoreError::Corrupt { seq })?;
-                    if !take(seq, event, &mut chunk) {
-                        break;
+                // The index gives the sequences; where they are dense (a busy subject), one
+                // range scan of the log beats a point lookup per event.
+                let exact = filter.is_literal() || is_prefix_filter(filter);
+                let wanted_seqs = if exact { limit.min(SCAN_BUDGET) } else { SCAN_BUDGET };
+                let seqs = self
+                    .index
+                    .range(seq_range(&prefix, from, to))
+                    .take(wanted_seqs)
+                    .map(|guard| Ok(index_seq(&guard.key()?)))
+                    .collect::<Result<Vec<u64>, StoreError>>()?;
+                let (Some(&first), Some(&last)) = (seqs.first(), seqs.last()) else { return Ok(chunk) };
+                if last - first < 4 * seqs.len() as u64 {
+                    for guard in self.events.range(first.to_be_bytes()..=last.to_be_bytes()) {
+                        let (key, value) = guard.into_inner()?;
+                        let seq = be_u64(&key);
+                        if seqs.binary_search(&seq).is_ok()
+                            && !take(seq, Event::decode(seq, Bytes::from(value))?, &mut chunk)
+                        {
+                            break;
+                        }
                     }
+                } else {
+                    for &seq in &seqs {
+                        let event = self.get(seq)?.ok_or(StoreError::Corrupt { seq })?;
+                        if !take(seq, event, &mut chunk) {
+                            break;
+                        }
+                    }
+                }
+                if seqs.len() == wanted_seqs {
+                    chunk.next = chunk.next.min(last + 1);
                 }
             }
             None => {
