@@ -16,10 +16,10 @@ use clap::Args;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::conn::{Conn, Fill};
 use super::jetstream::{self, Api, PubAck};
 use super::stats::{Percentiles, grouped, mb, per_sec, since};
 use super::{BenchError, CommonArgs, Target, TargetArgs};
+use crate::client::{Client, Fill};
 use crate::protocol::client::{Delivery, Received};
 
 /// Arguments of `eventline bench apub`.
@@ -69,12 +69,7 @@ pub struct ApubReport {
 /// connection, or an ack that does not come within the timeout.
 pub async fn run(args: &ApubArgs) -> Result<(), BenchError> {
     let report = measure(args).await?;
-    if args.common.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print!("{}", human(&report));
-    }
-    Ok(())
+    super::print(&report, args.common.json, human)
 }
 
 /// Runs the benchmark and returns its figures.
@@ -86,8 +81,8 @@ pub async fn measure(args: &ApubArgs) -> Result<ApubReport, BenchError> {
     let wait = common.timeout();
     let (conn, inbox) = match args.target.target {
         Target::Eventline => {
-            let conn = Conn::open(&common.server, wait, b"").await?;
-            conn.check_eventline()?;
+            let conn = Client::connect(&common.server, wait).await?;
+            super::check_eventline(&conn)?;
             (conn, None)
         }
         Target::Jetstream => {
@@ -95,10 +90,10 @@ pub async fn measure(args: &ApubArgs) -> Result<ApubReport, BenchError> {
             api.recreate_stream(&args.target.stream, &args.subject).await?;
             let inbox = jetstream::inbox();
             let setup = format!("SUB {inbox}.* 1\r\n");
-            (Conn::open_with(&common.server, wait, jetstream::CONNECT, setup.as_bytes()).await?, Some(inbox))
+            (Client::open(&common.server, wait, jetstream::CONNECT, setup.as_bytes()).await?, Some(inbox))
         }
     };
-    conn.check_payload(common.size)?;
+    super::check_payload(&conn, common.size)?;
     let mut run = Run {
         conn,
         inbox,
@@ -132,7 +127,7 @@ pub async fn measure(args: &ApubArgs) -> Result<ApubReport, BenchError> {
 
 /// One publisher's state.
 struct Run {
-    conn: Conn,
+    conn: Client,
     /// JetStream's reply inbox prefix; `None` for eventline.
     inbox: Option<String>,
     /// Send time of publish `n` (nanoseconds since the run's base).
@@ -191,16 +186,16 @@ impl Run {
             // Wait for at least one more ack, then refill the window.
             let before = self.acked;
             loop {
-                while let Some(op) = self.conn.decode()? {
-                    self.take(op, arrived).await?;
+                while let Some(op) = self.conn.try_next()? {
+                    self.take(op, arrived)?;
                 }
                 if self.acked > before {
                     break;
                 }
-                match self.conn.fill_until(Instant::now() + self.conn.wait()).await? {
+                match self.conn.fill(Some(self.conn.deadline())).await? {
                     Fill::Data => (read_at, arrived) = (Instant::now(), since(base)),
-                    Fill::Idle => return Err(self.conn.timed_out("waiting for a publish ack")),
-                    Fill::Closed => return Err(self.conn.closed("before acknowledging every publish")),
+                    Fill::Idle => return Err(self.conn.timed_out("waiting for a publish ack").into()),
+                    Fill::Closed => return Err(self.conn.closed("before acknowledging every publish").into()),
                 }
             }
         }
@@ -208,7 +203,7 @@ impl Run {
     }
 
     /// Handles one op from the server; `arrived` is when the read holding it returned.
-    async fn take(&mut self, op: Received, arrived: u64) -> Result<(), BenchError> {
+    fn take(&mut self, op: Received, arrived: u64) -> Result<(), BenchError> {
         match op {
             Received::Ack { seq, duplicate, .. } if self.inbox.is_none() => {
                 // eventline acks a connection's APUBs in order: this is publish number `acked`.
@@ -218,10 +213,8 @@ impl Run {
             Received::Msg(msg) if self.inbox.is_some() => {
                 let index = self.publish_index(&msg).ok_or_else(|| self.unexpected("message"))?;
                 if jetstream::status(msg.headers.as_deref()) == Some(503) {
-                    return Err(BenchError::Failed {
-                        server: self.conn.server().to_owned(),
-                        what: "publish answered 503 no responders: no stream captures the subject".to_owned(),
-                    });
+                    let what = "publish answered 503 no responders: no stream captures the subject";
+                    return Err(BenchError::failed(&self.conn, what.to_owned()));
                 }
                 let ack: PubAck = serde_json::from_slice(&msg.payload)?;
                 match (ack.error, ack.seq) {
@@ -240,13 +233,8 @@ impl Run {
                     (None, None) => return Err(self.unexpected("PubAck without seq")),
                 }
             }
-            Received::Nak(text) => {
-                let text = String::from_utf8_lossy(&text).into_owned();
-                return Err(BenchError::Nak { server: self.conn.server().to_owned(), text });
-            }
-            Received::Err(text) => return Err(self.conn.refused(&text)),
-            Received::Ping => self.conn.write(b"PONG\r\n").await?,
-            // INFO, +OK, PONG.
+            Received::Nak(text) => return Err(BenchError::nak(&self.conn, &text)),
+            Received::Err(text) => return Err(self.conn.server_error(&text).into()),
             _ => {}
         }
         Ok(())
@@ -268,10 +256,7 @@ impl Run {
     }
 
     fn unexpected(&self, what: &str) -> BenchError {
-        BenchError::Failed {
-            server: self.conn.server().to_owned(),
-            what: format!("unexpected {what}: it answers no publish in flight"),
-        }
+        BenchError::failed(&self.conn, format!("unexpected {what}: it answers no publish in flight"))
     }
 }
 

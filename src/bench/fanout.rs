@@ -15,10 +15,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::conn::{Conn, Fill};
+use super::receive::{self, Counter};
 use super::stats::{Summary, grouped, mb, per_sec, share};
 use super::{BenchError, CommonArgs};
-use crate::protocol::client::Received;
+use crate::client::{CONNECT, Client};
+use crate::protocol::client::Delivery;
 
 /// Bytes of `PUB` frames per write: big enough that a write is a syscall per ~64 KiB,
 /// small enough to stay in cache.
@@ -94,12 +95,7 @@ pub async fn run(args: &FanoutArgs) -> Result<(), BenchError> {
             eprintln!("eventline bench: subscriber {}: {error}", i + 1);
         }
     }
-    if args.common.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print!("{}", human(&report));
-    }
-    Ok(())
+    super::print(&report, args.common.json, human)
 }
 
 /// Runs the benchmark and returns its figures.
@@ -112,12 +108,12 @@ pub async fn measure(args: &FanoutArgs) -> Result<FanoutReport, BenchError> {
     let sub = format!("SUB {} 1\r\n", args.subject);
     let mut subscribers = Vec::new();
     for _ in 0..args.subscribers {
-        subscribers.push(Conn::open(&common.server, wait, sub.as_bytes()).await?);
+        subscribers.push(Client::open(&common.server, wait, CONNECT, sub.as_bytes()).await?);
     }
     let mut publishers = Vec::new();
     for _ in 0..args.publishers {
-        let conn = Conn::open(&common.server, wait, b"").await?;
-        conn.check_payload(common.size)?;
+        let conn = Client::connect(&common.server, wait).await?;
+        super::check_payload(&conn, common.size)?;
         publishers.push(conn);
     }
     let (frame_len, batch) = batch(&args.subject, common.size, BATCH_BYTES);
@@ -208,7 +204,12 @@ pub(super) fn batch(subject: &str, size: usize, target: usize) -> (usize, Bytes)
 
 /// Publishes `count` messages from `batch`, then waits for the PONG of a final PING.
 /// Returns when that PONG arrived.
-pub(super) async fn publish(mut conn: Conn, batch: Bytes, frame_len: usize, count: u64) -> Result<Instant, BenchError> {
+pub(super) async fn publish(
+    mut conn: Client,
+    batch: Bytes,
+    frame_len: usize,
+    count: u64,
+) -> Result<Instant, BenchError> {
     let per_batch = (batch.len() / frame_len) as u64;
     let mut left = count;
     while left > 0 {
@@ -222,61 +223,43 @@ pub(super) async fn publish(mut conn: Conn, batch: Bytes, frame_len: usize, coun
 }
 
 /// What one subscriber counted.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Counted {
+    expected: u64,
     received: u64,
     /// Payload bytes received.
     bytes: u64,
     /// When the read holding the last message returned.
     last: Option<Instant>,
+    /// Says when the publishers are done: from then on a quiet spell ends the count.
+    done: watch::Receiver<bool>,
     error: Option<String>,
 }
 
 /// Counts messages on `conn` until `expected` arrived or, once `done` says the publishers
 /// finished, nothing came for `idle`. A failure ends the count and is kept with it.
-async fn count(mut conn: Conn, expected: u64, done: watch::Receiver<bool>, idle: Duration) -> Counted {
-    let mut counted = Counted::default();
-    if let Err(error) = counted.run(&mut conn, expected, &done, idle).await {
+async fn count(mut conn: Client, expected: u64, done: watch::Receiver<bool>, idle: Duration) -> Counted {
+    let mut counted = Counted { expected, received: 0, bytes: 0, last: None, done, error: None };
+    if let Err(error) = receive::count(&mut conn, &mut counted, idle, "before all messages arrived").await {
         counted.error = Some(error.to_string());
     }
     counted
 }
 
-impl Counted {
-    async fn run(
-        &mut self,
-        conn: &mut Conn,
-        expected: u64,
-        done: &watch::Receiver<bool>,
-        idle: Duration,
-    ) -> Result<(), BenchError> {
-        loop {
-            let before = self.received;
-            while self.received < expected {
-                let Some(op) = conn.decode()? else { break };
-                match op {
-                    Received::Msg(msg) => {
-                        self.received += 1;
-                        self.bytes += msg.payload.len() as u64;
-                    }
-                    Received::Ping => conn.write(b"PONG\r\n").await?,
-                    Received::Err(text) => return Err(conn.refused(&text)),
-                    Received::Info(_) | Received::Ok | Received::Pong | Received::Ack { .. } | Received::Nak(_) => {}
-                }
-            }
-            if self.received > before {
-                self.last = Some(Instant::now());
-            }
-            if self.received >= expected {
-                return Ok(());
-            }
-            match conn.fill_until(Instant::now() + idle).await? {
-                Fill::Data => {}
-                Fill::Idle if *done.borrow() => return Ok(()),
-                Fill::Idle => {}
-                Fill::Closed => return Err(conn.closed("before all messages arrived")),
-            }
-        }
+impl Counter for Counted {
+    fn complete(&self) -> bool {
+        self.received >= self.expected
+    }
+
+    fn count(&mut self, _: &Client, msg: &Delivery, read_at: Instant) -> Result<(), BenchError> {
+        self.received += 1;
+        self.bytes += msg.payload.len() as u64;
+        self.last = Some(read_at);
+        Ok(())
+    }
+
+    fn quiet(&mut self, _: &Client) -> Result<bool, BenchError> {
+        Ok(*self.done.borrow())
     }
 }
 

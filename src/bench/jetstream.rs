@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::time::{Instant, sleep};
 
 use super::BenchError;
-use super::conn::{Conn, Fill};
+use crate::client::{Client, Fill};
 use crate::protocol::client::{Delivery, Received};
 
 /// With `no_responders`, a request nobody answers gets a 503 status at once, not a timeout.
@@ -53,7 +53,7 @@ pub(super) struct PubAck {
 
 /// A connection for `$`-API requests.
 pub(super) struct Api {
-    conn: Conn,
+    conn: Client,
     inbox: String,
     next: u64,
 }
@@ -61,11 +61,11 @@ pub(super) struct Api {
 impl Api {
     pub(super) async fn open(server: &str, wait: Duration) -> Result<Api, BenchError> {
         let inbox = inbox();
-        let conn = Conn::open_with(server, wait, CONNECT, format!("SUB {inbox}.* 1\r\n").as_bytes()).await?;
+        let conn = Client::open(server, wait, CONNECT, format!("SUB {inbox}.* 1\r\n").as_bytes()).await?;
         Ok(Api { conn, inbox, next: 0 })
     }
 
-    pub(super) fn conn(&self) -> &Conn {
+    pub(super) fn conn(&self) -> &Client {
         &self.conn
     }
 
@@ -79,10 +79,10 @@ impl Api {
         frame.put_slice(body);
         frame.put_slice(b"\r\n");
         self.conn.write(&frame).await?;
-        let deadline = Instant::now() + self.conn.wait();
+        let deadline = self.conn.deadline();
         let prefix = self.inbox.as_bytes();
         loop {
-            while let Some(op) = self.conn.decode()? {
+            while let Some(op) = self.conn.try_next()? {
                 match op {
                     // Answers come on the reply subject, but eventline's `$EL.LAST` answers
                     // with the event itself, on its own subject; both reach our inbox's sid.
@@ -96,19 +96,15 @@ impl Api {
                         }
                         return Ok(msg);
                     }
-                    Received::Ping => self.conn.write(b"PONG\r\n").await?,
-                    Received::Err(text) => return Err(self.conn.refused(&text)),
-                    Received::Nak(text) => {
-                        let text = String::from_utf8_lossy(&text).into_owned();
-                        return Err(BenchError::Nak { server: self.conn.server().to_owned(), text });
-                    }
+                    Received::Err(text) => return Err(self.conn.server_error(&text).into()),
+                    Received::Nak(text) => return Err(BenchError::nak(&self.conn, &text)),
                     _ => {}
                 }
             }
-            match self.conn.fill_until(deadline).await? {
+            match self.conn.fill(Some(deadline)).await? {
                 Fill::Data => {}
-                Fill::Idle => return Err(self.conn.timed_out("waiting for the answer to an API request")),
-                Fill::Closed => return Err(self.conn.closed("before answering an API request")),
+                Fill::Idle => return Err(self.conn.timed_out("waiting for the answer to an API request").into()),
+                Fill::Closed => return Err(self.conn.closed("before answering an API request").into()),
             }
         }
     }
@@ -135,7 +131,7 @@ impl Api {
     /// Deletes `stream` if it exists, then creates it afresh: file storage, capturing just
     /// `subject`, so every run starts from an empty stream.
     pub(super) async fn recreate_stream(&mut self, stream: &str, subject: &str) -> Result<(), BenchError> {
-        self.conn.check_jetstream()?;
+        super::check_jetstream(&self.conn)?;
         match self.call(&format!("$JS.API.STREAM.DELETE.{stream}"), &Value::Null).await {
             Ok(_) | Err(BenchError::JetStream { code: 404, .. }) => {}
             Err(error) => return Err(error),
@@ -170,10 +166,10 @@ impl Api {
             }
             if held > seen {
                 (seen, grew) = (held, Instant::now());
-            } else if grew.elapsed() >= self.conn.wait() {
+            } else if grew.elapsed() >= self.conn.timeout() {
                 return Err(self.failed(format!(
                     "stream {stream} holds {held} of {count} messages and has not grown for {} s",
-                    self.conn.wait().as_secs_f64()
+                    self.conn.timeout().as_secs_f64()
                 )));
             }
             sleep(POLL).await;
@@ -198,7 +194,7 @@ impl Api {
     }
 
     fn failed(&self, what: String) -> BenchError {
-        BenchError::Failed { server: self.conn.server().to_owned(), what }
+        BenchError::failed(&self.conn, what)
     }
 }
 

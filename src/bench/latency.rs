@@ -17,12 +17,13 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior, interval};
 
-use super::conn::{Conn, Fill};
 use super::jetstream::Api;
+use super::receive::{self, Counter};
 pub use super::stats::Percentiles;
-use super::stats::{grouped, per_sec, since};
+use super::stats::{between, grouped, per_sec, since};
 use super::{BenchError, CommonArgs, Target, TargetArgs};
-use crate::protocol::client::Received;
+use crate::client::{CONNECT, Client};
+use crate::protocol::client::Delivery;
 
 /// The pacer's tick: small enough that a batch per tick is a short burst, large enough
 /// that the timer is cheap.
@@ -83,12 +84,7 @@ pub async fn run(args: &LatencyArgs) -> Result<(), BenchError> {
     if let Some(error) = &report.error {
         eprintln!("eventline bench: subscriber: {error}");
     }
-    if args.common.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print!("{}", human(&report));
-    }
-    Ok(())
+    super::print(&report, args.common.json, human)
 }
 
 /// Runs the benchmark and returns its figures.
@@ -107,9 +103,9 @@ pub async fn measure(args: &LatencyArgs) -> Result<LatencyReport, BenchError> {
         api.recreate_stream(&args.target.stream, &args.subject).await?;
     }
     let sub = format!("SUB {} 1\r\n", args.subject);
-    let subscriber = Conn::open(&common.server, common.timeout(), sub.as_bytes()).await?;
-    let publisher = Conn::open(&common.server, common.timeout(), b"").await?;
-    publisher.check_payload(common.size)?;
+    let subscriber = Client::open(&common.server, common.timeout(), CONNECT, sub.as_bytes()).await?;
+    let publisher = Client::connect(&common.server, common.timeout()).await?;
+    super::check_payload(&publisher, common.size)?;
 
     let base = Instant::now();
     let (done, publisher_done) = watch::channel(false);
@@ -157,7 +153,7 @@ fn due(elapsed: Duration, rate: u64, count: u64) -> u64 {
 /// Sends `count` stamped messages at `rate`, then syncs with PING/PONG. Returns the time
 /// from the first send to the last.
 async fn pace(
-    mut conn: Conn,
+    mut conn: Client,
     header: String,
     size: usize,
     rate: u64,
@@ -201,51 +197,44 @@ struct Samples {
 
 /// Collects one latency per stamped message until `expected` arrived or, once `done`
 /// says the publisher finished, nothing came for `idle`.
-async fn receive(mut conn: Conn, expected: u64, base: Instant, done: watch::Receiver<bool>, idle: Duration) -> Samples {
+async fn receive(
+    mut conn: Client,
+    expected: u64,
+    base: Instant,
+    done: watch::Receiver<bool>,
+    idle: Duration,
+) -> Samples {
     let capacity = usize::try_from(expected.min(RESERVE_SAMPLES)).unwrap_or(0);
-    let mut samples = Samples { nanos: Vec::with_capacity(capacity), error: None };
-    if let Err(error) = samples.collect(&mut conn, expected, base, &done, idle).await {
-        samples.error = Some(error.to_string());
-    }
-    samples
+    let mut collecting = Collecting { nanos: Vec::with_capacity(capacity), expected, base, done };
+    let error = receive::count(&mut conn, &mut collecting, idle, "before all messages arrived").await.err();
+    Samples { nanos: collecting.nanos, error: error.map(|error| error.to_string()) }
 }
 
-impl Samples {
-    async fn collect(
-        &mut self,
-        conn: &mut Conn,
-        expected: u64,
-        base: Instant,
-        done: &watch::Receiver<bool>,
-        idle: Duration,
-    ) -> Result<(), BenchError> {
-        // When the read that completed the buffered messages returned.
-        let mut arrived = since(base);
-        loop {
-            while (self.nanos.len() as u64) < expected {
-                let Some(op) = conn.decode()? else { break };
-                match op {
-                    Received::Msg(msg) => {
-                        // Messages without a stamp are someone else's on the same subject.
-                        if let Some(stamp) = msg.payload.first_chunk::<STAMP>() {
-                            self.nanos.push(arrived.saturating_sub(u64::from_be_bytes(*stamp)));
-                        }
-                    }
-                    Received::Ping => conn.write(b"PONG\r\n").await?,
-                    Received::Err(text) => return Err(conn.refused(&text)),
-                    Received::Info(_) | Received::Ok | Received::Pong | Received::Ack { .. } | Received::Nak(_) => {}
-                }
-            }
-            if self.nanos.len() as u64 >= expected {
-                return Ok(());
-            }
-            match conn.fill_until(Instant::now() + idle).await? {
-                Fill::Data => arrived = since(base),
-                Fill::Idle if *done.borrow() => return Ok(()),
-                Fill::Idle => {}
-                Fill::Closed => return Err(conn.closed("before all messages arrived")),
-            }
+/// [`Samples`] being collected.
+struct Collecting {
+    nanos: Vec<u64>,
+    expected: u64,
+    /// The clock of the send stamps.
+    base: Instant,
+    /// Says when the publisher is done: from then on a quiet spell ends the count.
+    done: watch::Receiver<bool>,
+}
+
+impl Counter for Collecting {
+    fn complete(&self) -> bool {
+        self.nanos.len() as u64 >= self.expected
+    }
+
+    fn count(&mut self, _: &Client, msg: &Delivery, read_at: Instant) -> Result<(), BenchError> {
+        // Messages without a stamp are someone else's on the same subject.
+        if let Some(stamp) = msg.payload.first_chunk::<STAMP>() {
+            self.nanos.push(between(self.base, read_at).saturating_sub(u64::from_be_bytes(*stamp)));
         }
+        Ok(())
+    }
+
+    fn quiet(&mut self, _: &Client) -> Result<bool, BenchError> {
+        Ok(*self.done.borrow())
     }
 }
 

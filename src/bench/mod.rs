@@ -1,10 +1,11 @@
 //! The `eventline bench` load tool: end-to-end runs against any NATS-protocol server
 //! (eventline or nats-server), so the two can be compared with the same client.
 //!
-//! It speaks the raw protocol over TCP rather than going through a client library, so
-//! what is measured is the server, not a client's buffering or its own task hops: one
-//! tokio task per connection, 64 KiB+ reads decoded with [`crate::protocol::client::ServerCodec`],
-//! publishers writing a pre-built batch of `PUB` frames over and over.
+//! It speaks the raw protocol over TCP through [`crate::client::Client`], the command-line
+//! client's connection, rather than through a client library, so what is measured is the
+//! server, not a client's buffering or its own task hops: one tokio task per connection,
+//! 64 KiB+ reads drained in place with [`Client::try_next`], publishers writing a pre-built
+//! batch of `PUB` frames over and over.
 //! - [`fanout`]: P publishers -> S subscribers on one subject; throughput and loss.
 //! - [`latency`]: one publisher at a fixed rate -> one subscriber; publish-to-receive latency.
 //! - [`apub`]: acknowledged publishes from one connection, at most `--window` in flight;
@@ -18,11 +19,11 @@
 //! Results go to stdout (human-readable, or one JSON line with `--json`); errors to stderr.
 
 pub mod apub;
-mod conn;
 mod error;
 pub mod fanout;
 mod jetstream;
 pub mod latency;
+mod receive;
 pub mod replay;
 mod stats;
 #[cfg(test)]
@@ -32,6 +33,8 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
+
+use crate::client::Client;
 
 pub use error::BenchError;
 pub use stats::{Percentiles, Summary};
@@ -125,6 +128,49 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         Mode::Replay(args) => replay::run(&args).await?,
     }
     Ok(())
+}
+
+/// Prints a report on stdout: one JSON line with `--json`, else the human-readable text.
+fn print<R: Serialize>(report: &R, json: bool, human: fn(&R) -> String) -> Result<(), BenchError> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        print!("{}", human(report));
+    }
+    Ok(())
+}
+
+/// Fails with a clear message if the server announced a `max_payload` below `size`;
+/// otherwise it would cut the connection at the first `PUB`.
+fn check_payload(conn: &Client, size: usize) -> Result<(), BenchError> {
+    match conn.info().and_then(|info| info.max_payload) {
+        Some(max) if size > max => {
+            Err(BenchError::Usage(format!("--size {size} is over the max_payload {max} of {}", conn.server())))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Fails with a clear message unless the server's `INFO` announced eventline's extensions.
+fn check_eventline(conn: &Client) -> Result<(), BenchError> {
+    if conn.info().is_some_and(|info| info.is_eventline()) {
+        return Ok(());
+    }
+    Err(BenchError::Usage(format!(
+        "{} is not eventline (its INFO has no \"eventline\" field); for nats-server use --target jetstream",
+        conn.server()
+    )))
+}
+
+/// Fails with a clear message unless the server's `INFO` says JetStream is enabled.
+fn check_jetstream(conn: &Client) -> Result<(), BenchError> {
+    if conn.info().is_some_and(|info| info.jetstream) {
+        return Ok(());
+    }
+    Err(BenchError::Usage(format!(
+        "{} has no JetStream (its INFO lacks \"jetstream\":true): start nats-server with -js",
+        conn.server()
+    )))
 }
 
 /// Clap parser for `--subject`: a literal subject that fits in one `PUB` line.

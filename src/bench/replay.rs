@@ -19,12 +19,13 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::conn::{Conn, Fill};
 use super::fanout::{self, Throughput};
 use super::jetstream::{self, Api};
+use super::receive::{self, Counter};
 use super::stats::{grouped, mb, per_sec};
 use super::{BenchError, CommonArgs, Target, TargetArgs};
-use crate::protocol::client::Received;
+use crate::client::{CONNECT, Client};
+use crate::protocol::client::Delivery;
 use crate::protocol::headers;
 
 /// The status eventline sends once a catch-up subscription has replayed the log.
@@ -71,12 +72,7 @@ pub struct ReplayReport {
 /// server does not store in full; a replay that stops before N events.
 pub async fn run(args: &ReplayArgs) -> Result<(), BenchError> {
     let report = measure(args).await?;
-    if args.common.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print!("{}", human(&report));
-    }
-    Ok(())
+    super::print(&report, args.common.json, human)
 }
 
 /// Runs the benchmark and returns its figures.
@@ -96,8 +92,8 @@ pub async fn measure(args: &ReplayArgs) -> Result<ReplayReport, BenchError> {
         Target::Jetstream => api.recreate_stream(stream, &args.subject).await?,
     }
 
-    let publisher = Conn::open(server, wait, b"").await?;
-    publisher.check_payload(common.size)?;
+    let publisher = Client::connect(server, wait).await?;
+    super::check_payload(&publisher, common.size)?;
     let (frame_len, batch) = fanout::batch(&args.subject, common.size, fanout::BATCH_BYTES);
     let start = Instant::now();
     let mut loaded = fanout::publish(publisher, batch, frame_len, common.count).await?;
@@ -112,7 +108,7 @@ pub async fn measure(args: &ReplayArgs) -> Result<ReplayReport, BenchError> {
     let mut counting = JoinSet::new();
     let started = match target {
         Target::Eventline => {
-            let mut conn = Conn::open(server, wait, b"").await?;
+            let mut conn = Client::connect(server, wait).await?;
             let started = Instant::now();
             conn.write(format!("SUB {} 1 FROM 1\r\n", args.subject).as_bytes()).await?;
             counting.spawn(replayed(conn, count, target));
@@ -120,7 +116,7 @@ pub async fn measure(args: &ReplayArgs) -> Result<ReplayReport, BenchError> {
         }
         Target::Jetstream => {
             let deliver = format!("{}.replay", jetstream::inbox());
-            let conn = Conn::open(server, wait, format!("SUB {deliver} 1\r\n").as_bytes()).await?;
+            let conn = Client::open(server, wait, CONNECT, format!("SUB {deliver} 1\r\n").as_bytes()).await?;
             // Counted meanwhile, so the first deliveries don't wait in the socket for the
             // consumer's creation to be answered.
             let started = Instant::now();
@@ -134,6 +130,7 @@ pub async fn measure(args: &ReplayArgs) -> Result<ReplayReport, BenchError> {
         None => return Err(BenchError::Usage("no replay ran".to_owned())),
     };
 
+    let first = counted.first.unwrap_or(counted.last);
     let time = counted.last - started;
     Ok(ReplayReport {
         mode: "replay",
@@ -149,7 +146,7 @@ pub async fn measure(args: &ReplayArgs) -> Result<ReplayReport, BenchError> {
             mb_per_sec: mb(per_sec(count * common.size as u64, load_time)),
         },
         replayed: counted.received,
-        first_msg_ms: (counted.first - started).as_secs_f64() * 1e3,
+        first_msg_ms: (first - started).as_secs_f64() * 1e3,
         secs: time.as_secs_f64(),
         msg_per_sec: per_sec(counted.received, time),
         mb_per_sec: mb(per_sec(counted.bytes, time)),
@@ -159,7 +156,7 @@ pub async fn measure(args: &ReplayArgs) -> Result<ReplayReport, BenchError> {
 /// Fails unless `subject` holds no events on eventline: the replay from sequence 1 would
 /// count them too. Asks `$EL.LAST.<subject>`, answered by the last event or a 404 status.
 async fn holds_nothing(api: &mut Api, subject: &str) -> Result<(), BenchError> {
-    api.conn().check_eventline()?;
+    super::check_eventline(api.conn())?;
     let last = api.request(&format!("$EL.LAST.{subject}"), b"").await?;
     if jetstream::status(last.headers.as_deref()) == Some(404) {
         return Ok(());
@@ -173,78 +170,63 @@ async fn holds_nothing(api: &mut Api, subject: &str) -> Result<(), BenchError> {
         ),
         None => format!("unexpected answer to $EL.LAST.{subject}: {}", String::from_utf8_lossy(&last.payload)),
     };
-    Err(BenchError::Failed { server: api.conn().server().to_owned(), what })
+    Err(BenchError::failed(api.conn(), what))
 }
 
 /// What the replaying subscriber counted.
 #[derive(Debug)]
 struct Counted {
+    target: Target,
+    expected: u64,
     received: u64,
     /// Payload bytes received.
     bytes: u64,
     /// When the reads holding the first and the last event returned.
-    first: Instant,
+    first: Option<Instant>,
     last: Instant,
 }
 
 /// Counts replayed events on `conn` until `expected` arrived; fails if nothing arrives for
 /// the connection's timeout, or if eventline says it caught up before `expected`.
-async fn replayed(mut conn: Conn, expected: u64, target: Target) -> Result<Counted, BenchError> {
-    let (mut received, mut bytes) = (0, 0);
-    let mut first = None;
-    let mut read_at = Instant::now();
-    loop {
-        let before = received;
-        while received < expected {
-            let Some(op) = conn.decode()? else { break };
-            match op {
-                Received::Msg(msg) => {
-                    let h = msg.headers.as_deref();
-                    let event = match target {
-                        Target::Eventline => h.and_then(|h| headers::value(h, headers::SEQUENCE)).is_some(),
-                        // Status messages (heartbeats, flow control) are not events.
-                        Target::Jetstream => jetstream::status(h).is_none(),
-                    };
-                    if event {
-                        received += 1;
-                        bytes += msg.payload.len() as u64;
-                    } else if target == Target::Eventline && jetstream::status(h) == Some(CAUGHT_UP) {
-                        return Err(BenchError::Failed {
-                            server: conn.server().to_owned(),
-                            what: format!("the replay caught up after {received} of {expected} events"),
-                        });
-                    }
-                }
-                Received::Nak(text) => {
-                    let text = String::from_utf8_lossy(&text).into_owned();
-                    return Err(BenchError::Nak { server: conn.server().to_owned(), text });
-                }
-                Received::Err(text) => return Err(conn.refused(&text)),
-                Received::Ping => conn.write(b"PONG\r\n").await?,
-                // INFO, +OK, PONG.
-                _ => {}
-            }
+async fn replayed(mut conn: Client, expected: u64, target: Target) -> Result<Counted, BenchError> {
+    let mut counted = Counted { target, expected, received: 0, bytes: 0, first: None, last: Instant::now() };
+    let wait = conn.timeout();
+    receive::count(&mut conn, &mut counted, wait, "during the replay").await?;
+    Ok(counted)
+}
+
+impl Counter for Counted {
+    fn complete(&self) -> bool {
+        self.received >= self.expected
+    }
+
+    fn count(&mut self, conn: &Client, msg: &Delivery, read_at: Instant) -> Result<(), BenchError> {
+        let h = msg.headers.as_deref();
+        let event = match self.target {
+            Target::Eventline => h.and_then(|h| headers::value(h, headers::SEQUENCE)).is_some(),
+            // Status messages (heartbeats, flow control) are not events.
+            Target::Jetstream => jetstream::status(h).is_none(),
+        };
+        if event {
+            self.received += 1;
+            self.bytes += msg.payload.len() as u64;
+            self.first.get_or_insert(read_at);
+            self.last = read_at;
+        } else if self.target == Target::Eventline && jetstream::status(h) == Some(CAUGHT_UP) {
+            let what = format!("the replay caught up after {} of {} events", self.received, self.expected);
+            return Err(BenchError::failed(conn, what));
         }
-        if received > before {
-            first.get_or_insert(read_at);
-        }
-        if received >= expected {
-            let first = first.unwrap_or(read_at);
-            return Ok(Counted { received, bytes, first, last: read_at });
-        }
-        match conn.fill_until(Instant::now() + conn.wait()).await? {
-            Fill::Data => read_at = Instant::now(),
-            Fill::Idle => {
-                return Err(BenchError::Failed {
-                    server: conn.server().to_owned(),
-                    what: format!(
-                        "the replay stalled: {received} of {expected} events, then nothing for {} s",
-                        conn.wait().as_secs_f64()
-                    ),
-                });
-            }
-            Fill::Closed => return Err(conn.closed("during the replay")),
-        }
+        Ok(())
+    }
+
+    fn quiet(&mut self, conn: &Client) -> Result<bool, BenchError> {
+        let what = format!(
+            "the replay stalled: {} of {} events, then nothing for {} s",
+            self.received,
+            self.expected,
+            conn.timeout().as_secs_f64()
+        );
+        Err(BenchError::failed(conn, what))
     }
 }
 

@@ -35,7 +35,12 @@ pub(super) fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
 
 /// Nanoseconds since `base`, the clock a run's connections stamp with.
 pub(super) fn since(base: tokio::time::Instant) -> u64 {
-    u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    between(base, tokio::time::Instant::now())
+}
+
+/// Nanoseconds from `base` to `at` (zero if `at` is earlier).
+pub(super) fn between(base: tokio::time::Instant, at: tokio::time::Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Latency in microseconds.

@@ -12,6 +12,7 @@ use super::latency::{self, LatencyArgs};
 use super::replay::{self, ReplayArgs};
 use super::{BenchError, CommonArgs, Target, TargetArgs};
 use crate::broker::{Broker, BrokerConfig};
+use crate::client::ClientError;
 use crate::subject::Filter;
 
 mod jetstream;
@@ -126,7 +127,7 @@ async fn an_unreachable_server_is_a_connect_error() {
     drop(listener);
     let args = FanoutArgs { common: common(&addr, 8, 1), publishers: 1, subscribers: 1, subject: "t".to_owned() };
     let error = fanout::measure(&args).await.expect_err("nobody listens");
-    assert!(matches!(error, BenchError::Connect { .. }), "{error}");
+    assert!(matches!(error, BenchError::Client(ClientError::Connect { .. })), "{error}");
     assert!(error.to_string().contains(&addr), "{error}");
 }
 

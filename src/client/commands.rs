@@ -5,6 +5,7 @@ use std::future::Future;
 use std::io::Write;
 use std::time::Duration;
 
+use super::conn::lossy;
 use super::format::{self, Status};
 use super::{Client, ClientError, Conditions, Range, ops};
 use crate::protocol::client::Received;
@@ -97,7 +98,7 @@ pub async fn subscribe(
         let delivery = match op {
             Received::Msg(delivery) => delivery,
             Received::Nak(reason) => return Err(ClientError::Refused(lossy(&reason))),
-            Received::Err(text) => return Err(server_error(&client, &text)),
+            Received::Err(text) => return Err(client.server_error(&text)),
             _ => continue,
         };
         let line = if request.from.is_none() {
@@ -137,7 +138,7 @@ pub async fn fetch(
         let delivery = match client.next(Some(deadline), "waiting for query results").await? {
             Received::Msg(delivery) => delivery,
             Received::Nak(reason) => return Err(ClientError::Refused(lossy(&reason))),
-            Received::Err(text) => return Err(server_error(&client, &text)),
+            Received::Err(text) => return Err(client.server_error(&text)),
             _ => continue,
         };
         match format::status(&delivery) {
@@ -164,12 +165,4 @@ fn report(diag: &mut impl Write, status: &Status) -> Result<(), ClientError> {
     }
     diag.flush()?;
     Ok(())
-}
-
-fn server_error(client: &Client, text: &[u8]) -> ClientError {
-    ClientError::Server { server: client.server().to_owned(), text: lossy(text) }
-}
-
-fn lossy(text: &[u8]) -> String {
-    String::from_utf8_lossy(text).trim().to_owned()
 }

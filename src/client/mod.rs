@@ -2,9 +2,10 @@
 //! protocol with eventline's extensions (`APUB`, catch-up `SUB ... FROM`, `FETCH`).
 //!
 //! [`ops`] builds and checks the ops before anything is sent, [`Client`] is one connection
-//! (every wait but "the next live message" under a timeout), [`mod@format`] turns deliveries into
-//! output lines, and the three command functions tie them together. Results go to `out`
-//! (stdout), diagnostics to `diag` (stderr); a [`ClientError`] knows its exit code.
+//! (every wait but "the next live message" under a timeout; the load tool, `crate::bench`,
+//! runs on it too), [`mod@format`] turns deliveries into output lines, and the three command
+//! functions tie them together. Results go to `out` (stdout), diagnostics to `diag`
+//! (stderr); a [`ClientError`] knows its exit code.
 
 mod commands;
 mod conn;
@@ -15,7 +16,7 @@ pub mod ops;
 use std::time::Duration;
 
 pub use commands::{Endpoint, Subscription, fetch, publish, subscribe};
-pub use conn::{Ack, Client};
+pub use conn::{Ack, CONNECT, Client, Fill, ServerInfo};
 pub use error::{ClientError, EXIT_ERROR, EXIT_REFUSED};
 pub use ops::{Conditions, Range};
 
