@@ -5,12 +5,13 @@
 //! - [`server`]: the tokio accept loop; per connection a reader task (bytes -> ops) and a
 //!   writer task (queued messages -> coalesced socket writes). Nothing else.
 //! - [`broker`]: the service's state machine: sessions, subscriptions, routing, the
-//!   bounded outbound queues. No sockets, no parsing.
+//!   bounded outbound queues, the timeline writer (conditions, group commit, fan-out after
+//!   commit, acks) and catch-up subscriptions. No sockets, no parsing.
 //! - [`protocol`]: the nom parser and the encoder of NATS ops. No I/O.
 //! - [`store`]: the fjall event log: append batches, ranged and indexed reads, the
 //!   dedup window, the high-water mark. Synchronous, no network, no protocol.
 //! - [`subject`]: subject validation, wildcard matching and the subscription trie.
-//! - [`bench`]: the `eventline bench` load tool, a protocol client for any NATS server.
+//! - [`bench`]: the `eventline bench` load tool for any NATS server, built on [`client`].
 //! - [`client`]: the `eventline pub`, `sub` and `fetch` commands: a small async client over
 //!   the raw protocol and its extensions (`APUB`, catch-up `SUB`, `FETCH`).
 #![deny(unsafe_code)]

@@ -9,6 +9,7 @@
 
 mod catchup;
 mod error;
+mod marks;
 mod outbound;
 mod router;
 mod session;
