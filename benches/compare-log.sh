@@ -29,76 +29,20 @@ REPLAY_COUNT=${REPLAY_COUNT:-1000000}
 LATENCY_RATE=${LATENCY_RATE:-10000}
 LATENCY_COUNT=${LATENCY_COUNT:-50000}
 TIMEOUT_SECS=${TIMEOUT_SECS:-60}
-NATS_SERVER=${NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}
+script=compare-log.sh
+source benches/common.sh
 
-die() {
-    echo "compare-log.sh: $*" >&2
-    exit 1
-}
-
-[[ -x $NATS_SERVER ]] || die "nats-server not found (set NATS_SERVER)"
-command -v python3 >/dev/null || die "python3 is needed (free port, report table)"
-
-work=$(mktemp -d)
-always_pid=""
-never_pid=""
-nats_pid=""
-cleanup() {
-    for pid in $always_pid $never_pid $nats_pid; do
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-cargo build --release
-# A copy, so that a concurrent rebuild cannot swap the binary between runs.
-bin=$work/eventline
-cp target/release/eventline "$bin"
-
-# eventline on port 0 with the given --fsync; the first line of its stdout names the bound
-# address. Sets evl_pid and evl_addr.
-start_eventline() {
-    local fsync=$1 line=""
-    "$bin" serve --port 0 --log-level warn --fsync "$fsync" --data "$work/evl-$fsync" \
-        >"$work/evl-$fsync.out" 2>"$work/evl-$fsync.log" &
-    evl_pid=$!
-    for _ in $(seq 100); do
-        # The shell may not have created the file yet.
-        line=$(head -n 1 "$work/evl-$fsync.out" 2>/dev/null || true)
-        [[ -n $line ]] && break
-        kill -0 "$evl_pid" 2>/dev/null || die "eventline --fsync $fsync exited: $(cat "$work/evl-$fsync.log")"
-        sleep 0.1
-    done
-    [[ $line == "listening on "* ]] || die "eventline --fsync $fsync printed no address (got '$line'); its log: $(cat "$work/evl-$fsync.log")"
-    evl_addr=${line#listening on }
-}
-start_eventline always
+start_eventline always --fsync always
 always_pid=$evl_pid
 always_addr=$evl_addr
-start_eventline never
+start_eventline never --fsync never
 never_pid=$evl_pid
 never_addr=$evl_addr
+start_nats -js -sd "$work/nats"
 
-# nats-server on a port the kernel just handed out (a tiny race, fine for a bench script).
-nats_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$NATS_SERVER" -js -sd "$work/nats" -a 127.0.0.1 -p "$nats_port" >"$work/nats.log" 2>&1 &
-nats_pid=$!
-nats_addr=127.0.0.1:$nats_port
-for _ in $(seq 100); do
-    if (: <"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null; then break; fi
-    kill -0 "$nats_pid" 2>/dev/null || die "nats-server exited: $(cat "$work/nats.log")"
-    sleep 0.1
-done
-(: <"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null || die "nats-server is not accepting on $nats_addr"
-
-echo "# $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty')"
-echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
-echo "# nats-server $("$NATS_SERVER" --version | awk '{print $2}') -js at $nats_addr; eventline --fsync always at $always_addr, --fsync never at $never_addr"
+print_header
+echo "# nats-server -js at $nats_addr; eventline --fsync always at $always_addr, --fsync never at $never_addr"
 echo "# $SIZE B payloads; apub w=1 x $APUB_W1_COUNT, w=256 x $APUB_W256_COUNT; replay x $REPLAY_COUNT; latency $LATENCY_COUNT at $LATENCY_RATE msg/s"
-echo "# load before: $(uptime | sed 's/.*load average/load average/')"
 
 results=$work/results.tsv
 : >"$results"

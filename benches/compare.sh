@@ -20,59 +20,15 @@ cd "$(dirname "$0")/.."
 REPEATS=${REPEATS:-3}
 COUNT_SMALL=${COUNT_SMALL:-2000000}
 COUNT_1K=${COUNT_1K:-500000}
-NATS_SERVER=${NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}
+script=compare.sh
+source benches/common.sh
 
-die() {
-    echo "compare.sh: $*" >&2
-    exit 1
-}
-
-[[ -x $NATS_SERVER ]] || die "nats-server not found (set NATS_SERVER)"
-command -v python3 >/dev/null || die "python3 is needed (free port, report table)"
-
-work=$(mktemp -d)
-evl_pid=""
-nats_pid=""
-cleanup() {
-    for pid in $evl_pid $nats_pid; do
-        kill "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-cargo build --release
-# A copy, so that a concurrent rebuild cannot swap the binary between runs.
-bin=$work/eventline
-cp target/release/eventline "$bin"
-
-# eventline on port 0; its first stdout line names the bound address.
 # `--volatile` replaces the default list, so `_INBOX.>` is named again.
-exec 3< <(exec "$bin" serve --port 0 --log-level warn --data "$work/data" \
-    --volatile '_INBOX.>' --volatile 'bench.>' 2>"$work/eventline.log")
-evl_pid=$!
-read -r -t 10 line <&3 || die "eventline printed no address; its log: $(cat "$work/eventline.log")"
-[[ $line == "listening on "* ]] || die "unexpected first line from eventline: $line"
-evl_addr=${line#listening on }
+start_eventline live --volatile '_INBOX.>' --volatile 'bench.>'
+start_nats
 
-# nats-server on a port the kernel just handed out (a tiny race, fine for a bench script).
-nats_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$NATS_SERVER" -a 127.0.0.1 -p "$nats_port" >"$work/nats.log" 2>&1 &
-nats_pid=$!
-nats_addr=127.0.0.1:$nats_port
-for _ in $(seq 100); do
-    if (: <"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null; then break; fi
-    kill -0 "$nats_pid" 2>/dev/null || die "nats-server exited: $(cat "$work/nats.log")"
-    sleep 0.1
-done
-(: <"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null || die "nats-server is not accepting on $nats_addr"
-
-echo "# $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty')"
-echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
-echo "# nats-server $("$NATS_SERVER" --version | awk '{print $2}'), eventline at $evl_addr (bench.> volatile: live only), nats-server at $nats_addr"
-echo "# load before: $(uptime | sed 's/.*load average/load average/')"
+print_header
+echo "# eventline at $evl_addr (bench.> volatile: live only), nats-server at $nats_addr"
 
 # subscribers size count
 cases=(
