@@ -69,6 +69,14 @@ pub(super) fn push_no_responders(outbound: &Outbound, reply: &[u8], sid: &[u8]) 
     outbound.push_msg(reply, sid, None, Some(NO_RESPONDERS_HEADER), &Bytes::new());
 }
 
+/// The `$EL.` requests answered by the session (`$EL.PUB.` is a publish, see `publish`).
+enum ApiRequest {
+    Subscribe,
+    Fetch,
+    /// The last event of this subject.
+    Last(Bytes),
+}
+
 /// A `$`-API error body, shaped like JetStream's.
 fn error_json(code: u16, description: &str) -> serde_json::Value {
     serde_json::json!({"error": {"code": code, "description": description}})
@@ -426,28 +434,30 @@ impl Session {
     /// `$EL.FETCH` and `$EL.LAST.<subject>` (on the requester's subscription to `reply`).
     async fn api_request(&mut self, message: &Pub, reply: Bytes) -> bool {
         let subject = &message.subject[..];
-        if subject != SUBSCRIBE_API && subject != FETCH_API && !subject.starts_with(LAST_API) {
+        let request = if subject == SUBSCRIBE_API {
+            ApiRequest::Subscribe
+        } else if subject == FETCH_API {
+            ApiRequest::Fetch
+        } else if let Some(last_of) = subject.strip_prefix(LAST_API) {
+            ApiRequest::Last(message.subject.slice_ref(last_of))
+        } else {
             return false;
-        }
+        };
         // The answer must find the requester's reply subscription, which may still be
         // waiting behind its own stored publishes; and a query must see those publishes.
         self.settle().await;
-        let result = if subject == SUBSCRIBE_API {
-            self.api_subscribe(&message.payload).await
-        } else if subject == FETCH_API {
-            serde_json::from_slice::<FetchRequest>(&message.payload)
+        let result = match request {
+            ApiRequest::Subscribe => self.api_subscribe(&message.payload).await,
+            ApiRequest::Fetch => serde_json::from_slice::<FetchRequest>(&message.payload)
                 .map_err(|e| format!("invalid request: {e}"))
                 .and_then(|request| request.query())
                 .and_then(|query| self.sink_for(&reply).and_then(|sink| self.fetch(query, sink, reply.clone())))
-                .map(|()| None)
-        } else if let Some(last_of) = subject.strip_prefix(LAST_API) {
-            self.sink_for(&reply).map(|sink| {
+                .map(|()| None),
+            ApiRequest::Last(last_of) => self.sink_for(&reply).map(|sink| {
                 let (store, head) = (Arc::clone(&self.broker.store), self.broker.head());
-                tokio::spawn(catchup::last(store, head, message.subject.slice_ref(last_of), sink, reply.clone()));
+                tokio::spawn(catchup::last(store, head, last_of, sink, reply.clone()));
                 None
-            })
-        } else {
-            return false;
+            }),
         };
         match result {
             Ok(Some(answer)) => self.reply_json(&reply, &answer),
