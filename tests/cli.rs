@@ -3,25 +3,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
-use common::{Raw, TIMEOUT};
-
-/// Starts `eventline serve --port 0` and returns it with the address it printed.
-fn spawn_server(data: &std::path::Path) -> (Child, std::net::SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_eventline"))
-        .args(["serve", "--port", "0", "--log-level", "warn", "--data"])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn eventline");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read the address line");
-    let addr = line.trim().strip_prefix("listening on ").expect("`listening on ADDR`").parse().expect("an address");
-    (child, addr)
-}
+use common::{Raw, TIMEOUT, spawn_binary};
 
 fn signal(child: &Child, name: &str) {
     let status = Command::new("kill").args(["-s", name, &child.id().to_string()]).status().expect("run kill");
@@ -32,7 +16,7 @@ fn signal(child: &Child, name: &str) {
 async fn serve_announces_its_port_and_stops_on_sigterm_with_exit_0() {
     for sig in ["TERM", "INT"] {
         let data = std::env::temp_dir().join(format!("eventline-cli-{}-{sig}", std::process::id()));
-        let (mut child, addr) = spawn_server(&data);
+        let (mut child, addr) = spawn_binary(&data, &[]);
         let mut client = Raw::quiet(addr).await;
         client.send("SUB greet.* 1\r\nPUB greet.joe 5\r\nhello\r\n").await;
         client.expect_lines(&["MSG greet.joe 1 5", "hello"]).await;

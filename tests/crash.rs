@@ -7,16 +7,15 @@
 mod common;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use common::{Raw, TIMEOUT};
+use common::{Raw, TIMEOUT, parse_ack, spawn_binary};
 use eventline::store::Store;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -44,20 +43,7 @@ impl Server {
     async fn spawn(data: &Path) -> Server {
         let data = data.to_owned();
         let started = tokio::task::spawn_blocking(move || {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_eventline"))
-                .args(["serve", "--port", "0", "--fsync", "always", "--log-level", "warn", "--data"])
-                .arg(&data)
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("spawn eventline");
-            let stdout = child.stdout.take().expect("stdout");
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line).expect("read the address line");
-            let Some(addr) = line.trim().strip_prefix("listening on ") else {
-                let _ = child.kill();
-                panic!("expected `listening on ADDR`, got {line:?} (did the server refuse to start?)");
-            };
-            let addr = addr.parse().expect("an address");
+            let (child, addr) = spawn_binary(&data, &["--fsync", "always"]);
             Server { child: Some(child), addr }
         });
         tokio::time::timeout(TIMEOUT, started).await.expect("the server starts in time").expect("spawn task")
@@ -112,17 +98,6 @@ struct Ledger {
 
 fn apub(subject: &str, options: &str, payload: &str) -> String {
     format!("APUB {subject} {} {options}\r\n{payload}\r\n", payload.len())
-}
-
-/// `(seq, rev, duplicate)` of a `+ACK` line.
-fn parse_ack(line: &str) -> (u64, u64, bool) {
-    let rest = line.strip_prefix("+ACK seq=").unwrap_or_else(|| panic!("expected +ACK, got {line:?}"));
-    let (seq, rest) = rest.split_once(" rev=").unwrap_or_else(|| panic!("malformed +ACK {line:?}"));
-    let (rev, duplicate) = match rest.strip_suffix(" duplicate") {
-        Some(rev) => (rev, true),
-        None => (rest, false),
-    };
-    (seq.parse().expect("seq"), rev.parse().expect("rev"), duplicate)
 }
 
 /// Publishes on `crash.k<conn>` with up to [`WINDOW`] unacknowledged `APUB`s until the

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use common::{Raw, TIMEOUT, TestServer};
+use common::{Raw, TIMEOUT, TestServer, parse_ack};
 use eventline::broker::{BrokerConfig, FsyncPolicy};
 use eventline::subject::Filter;
 use futures::{FutureExt, StreamExt};
@@ -111,17 +111,6 @@ fn msgs<const N: usize>(deliveries: [[String; 2]; N]) -> Vec<String> {
 async fn request(client: &mut Raw, apub_text: &str) -> String {
     client.send(apub_text).await;
     client.line().await
-}
-
-/// The `(seq, rev, duplicate)` of a `+ACK` line.
-fn parse_ack(line: &str) -> (u64, u64, bool) {
-    let rest = line.strip_prefix("+ACK seq=").unwrap_or_else(|| panic!("expected +ACK, got {line:?}"));
-    let (seq, rest) = rest.split_once(" rev=").unwrap_or_else(|| panic!("malformed +ACK {line:?}"));
-    let (rev, duplicate) = match rest.strip_suffix(" duplicate") {
-        Some(rev) => (rev, true),
-        None => (rest, false),
-    };
-    (seq.parse().expect("seq"), rev.parse().expect("rev"), duplicate)
 }
 
 /// A round trip through the server on an async-nats connection: a request nobody answers

@@ -341,10 +341,39 @@ impl Raw {
 
 /// The sequence of a `+ACK seq=N rev=R` line, failing the test on anything else.
 pub fn ack_seq(line: &str) -> u64 {
-    line.strip_prefix("+ACK seq=")
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|seq| seq.parse().ok())
-        .unwrap_or_else(|| panic!("expected +ACK seq=N rev=R, got {line:?}"))
+    parse_ack(line).0
+}
+
+/// The `(seq, rev, duplicate)` of a `+ACK seq=N rev=R[ duplicate]` line.
+pub fn parse_ack(line: &str) -> (u64, u64, bool) {
+    let rest = line.strip_prefix("+ACK seq=").unwrap_or_else(|| panic!("expected +ACK, got {line:?}"));
+    let (seq, rest) = rest.split_once(" rev=").unwrap_or_else(|| panic!("malformed +ACK {line:?}"));
+    let (rev, duplicate) = match rest.strip_suffix(" duplicate") {
+        Some(rev) => (rev, true),
+        None => (rest, false),
+    };
+    (seq.parse().expect("seq"), rev.parse().expect("rev"), duplicate)
+}
+
+/// Runs the real binary, `eventline serve --port 0 --data <data> <extra...>`, and returns
+/// it with the address it announced on its first stdout line. Blocking.
+pub fn spawn_binary(data: &std::path::Path, extra: &[&str]) -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_eventline"))
+        .args(["serve", "--port", "0", "--log-level", "warn", "--data"])
+        .arg(data)
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn eventline");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line).expect("read the address line");
+    let Some(addr) = line.trim().strip_prefix("listening on ") else {
+        let _ = child.kill();
+        panic!("expected `listening on ADDR`, got {line:?} (did the server refuse to start?)");
+    };
+    (child, addr.parse().expect("an address"))
 }
 
 /// The naive NATS matcher (`*` one token, `>` the rest), the oracle for expected results.
