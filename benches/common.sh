@@ -73,3 +73,6 @@ print_header() {
     echo "# nats-server $("$NATS_SERVER" --version | awk '{print $2}')"
     echo "# load before: $(uptime | sed 's/.*load average/load average/')"
 }
+
+# hwm PID: a process's peak resident memory, for the report's last line.
+hwm() { awk '/^VmHWM/ {printf "%.1f MiB", $2 / 1024}' "/proc/$1/status" 2>/dev/null || echo "?"; }

@@ -111,7 +111,6 @@ for rep in $(seq "$REPEATS"); do
     done
 done
 
-hwm() { awk '/^VmHWM/ {printf "%.1f MiB", $2 / 1024}' "/proc/$1/status" 2>/dev/null || echo "?"; }
 echo "# load after: $(uptime | sed 's/.*load average/load average/')"
 echo
 python3 - "$results" <<'EOF'

@@ -62,7 +62,6 @@ print((r["sub_msg_per_sec"] or {"median": 0})["median"], r["lost"])' "$out")
     done
 done
 
-hwm() { awk '/^VmHWM/ {printf "%.1f MiB", $2 / 1024}' "/proc/$1/status" 2>/dev/null || echo "?"; }
 echo "# load after: $(uptime | sed 's/.*load average/load average/')"
 echo
 python3 - "$results" <<'EOF'

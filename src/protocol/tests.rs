@@ -45,7 +45,14 @@ fn connect(c: Connect) -> ClientOp {
 /// Feeds `chunks` one after another to a fresh `ClientCodec`, decoding after each until
 /// `Ok(None)`. Returns the ops and the bytes left undecoded, or the first error.
 fn feed(max_payload: usize, chunks: &[&[u8]]) -> Result<(Vec<ClientOp>, usize), ProtocolError> {
-    let mut codec = ClientCodec::new(max_payload);
+    feed_codec(ClientCodec::new(max_payload), chunks)
+}
+
+/// [`feed`] for any decoder of this module (the client's or the server's side).
+fn feed_codec<D: Decoder<Error = ProtocolError>>(
+    mut codec: D,
+    chunks: &[&[u8]],
+) -> Result<(Vec<D::Item>, usize), ProtocolError> {
     let mut buf = BytesMut::new();
     let mut ops = Vec::new();
     for chunk in chunks {
@@ -565,16 +572,7 @@ fn server_stream() -> (Vec<u8>, Vec<Received>) {
 }
 
 fn feed_server(chunks: &[&[u8]]) -> Result<(Vec<Received>, usize), ProtocolError> {
-    let mut codec = ServerCodec::new(DEFAULT_MAX_PAYLOAD);
-    let mut buf = BytesMut::new();
-    let mut ops = Vec::new();
-    for chunk in chunks {
-        buf.extend_from_slice(chunk);
-        while let Some(op) = codec.decode(&mut buf)? {
-            ops.push(op);
-        }
-    }
-    Ok((ops, buf.len()))
+    feed_codec(ServerCodec::new(DEFAULT_MAX_PAYLOAD), chunks)
 }
 
 /// Checks the `INFO` at the head of `received` and returns the rest.

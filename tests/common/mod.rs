@@ -206,21 +206,6 @@ impl Raw {
             tokio::time::timeout(TIMEOUT, self.writer.flush()).await.expect("flush in time").expect("flush");
         }
     }
-
-    /// Reads and discards everything until the server closes the connection (EOF or reset);
-    /// returns how many bytes were discarded. For a connection cut with unread data queued.
-    pub async fn drain_until_closed(&mut self) -> usize {
-        let mut chunk = vec![0; 64 * 1024];
-        let mut total = 0;
-        loop {
-            let read =
-                tokio::time::timeout(TIMEOUT, self.reader.read(&mut chunk)).await.expect("connection closes in time");
-            match read {
-                Ok(0) | Err(_) => return total,
-                Ok(n) => total += n,
-            }
-        }
-    }
 }
 
 /// A message as a catch-up subscription or a query delivers it: `HMSG <subject> <sid>
