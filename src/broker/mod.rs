@@ -8,8 +8,9 @@
 //! stores it and routes it the same way once it is durable.
 
 mod catchup;
+mod delivery;
 mod error;
-mod marks;
+mod finisher;
 mod outbound;
 mod router;
 mod session;

@@ -3,10 +3,13 @@
 //! Connections hand it [`Request`]s over a bounded channel (a flood of publishers waits
 //! there instead of growing memory). Its thread drains whatever is queued, checks each
 //! append's conditions (dedup, expected sequences, unchanged-since) against the log plus
-//! the batch so far, assigns sequences, writes ONE batch to the store, persists it per the
-//! fsync policy (group commit: one fsync for the batch), then fans the batch out live in
-//! sequence order, and only then acknowledges. So a subscriber never sees an event that a
-//! crash could take back (with `always`), and live delivery and replay agree on order.
+//! the batch so far, assigns sequences, and writes ONE batch to the store (to the OS, not
+//! yet fsynced). Then the batch is made durable per the fsync policy, fanned out live in
+//! sequence order, and only then acknowledged: under `always` by the finisher thread,
+//! whose one fsync covers every batch written meanwhile (group commit; see
+//! [`super::finisher`]); under `interval` and `never` right away on this thread. So a
+//! subscriber never sees an event that a crash could take back (with `always`), and live
+//! delivery and replay agree on order.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -16,14 +19,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::error;
 
-use super::marks::HighWaterMarks;
+use super::Outbound;
+use super::delivery::{Admitted, Committed, Completion, Delivery};
+use super::finisher::Finisher;
 use super::router::Router;
-use super::session::push_no_responders;
-use super::{MAX_STALL, Outbound};
-use crate::protocol::{Pub, PublishOptions, ServerOp};
-use crate::store::{DedupEntry, Durability, Event, Store, StoreError};
+use crate::protocol::{Pub, PublishOptions};
+use crate::store::{DedupEntry, Event, Store, StoreError};
 use crate::subject::{Filter, matches};
 
 /// Appends one writer batch takes at most; more wait for the next batch.
@@ -164,12 +167,19 @@ impl Timeline {
         let (requests, receiver) = mpsc::channel(QUEUE_DEPTH);
         let (head_sender, head_receiver) = watch::channel(head);
         let failed = Arc::new(AtomicBool::new(false));
-        let marks = HighWaterMarks::start(Arc::clone(&store), Arc::clone(&failed), fatal.clone())?;
+        let delivery = Delivery { router, head: Arc::new(head_sender), runtime: tokio::runtime::Handle::current() };
+        let finishing = match config.fsync {
+            FsyncPolicy::Always => Finishing::Finisher(Finisher::start(
+                Arc::clone(&store),
+                delivery.clone(),
+                Arc::clone(&failed),
+                fatal.clone(),
+            )?),
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never => Finishing::Inline,
+        };
         let mut writer = Writer {
             max_batch_bytes: config.max_batch_bytes,
             store,
-            router,
-            fsync: config.fsync,
             dedup_window: nanos(config.dedup_window),
             head,
             last_timestamp,
@@ -177,11 +187,10 @@ impl Timeline {
             dedup: HashMap::new(),
             dedup_order: VecDeque::new(),
             dedup_backlog: true,
-            head_sender,
             failed: Arc::clone(&failed),
             fatal,
-            runtime: tokio::runtime::Handle::current(),
-            marks,
+            delivery,
+            finishing,
         };
         writer.load_dedup_window()?;
         let thread = std::thread::Builder::new().name("timeline-writer".into()).spawn(move || writer.run(receiver))?;
@@ -232,8 +241,6 @@ impl Timeline {
 struct Writer {
     max_batch_bytes: usize,
     store: Arc<Store>,
-    router: Arc<Router>,
-    fsync: FsyncPolicy,
     dedup_window: u64,
     head: u64,
     last_timestamp: u64,
@@ -244,58 +251,27 @@ struct Writer {
     dedup_order: VecDeque<(u64, Bytes, u64)>,
     /// Whether the store may still hold dedup entries older than the window.
     dedup_backlog: bool,
-    head_sender: watch::Sender<u64>,
     failed: Arc<AtomicBool>,
     fatal: CancellationToken,
-    /// For bounded waits on lagging subscribers from this (non-runtime) thread.
-    runtime: tokio::runtime::Handle,
-    marks: HighWaterMarks,
+    delivery: Delivery,
+    finishing: Finishing,
 }
 
-/// An admitted append, waiting for its batch to commit.
-struct Admitted {
-    append: Box<Append>,
-    outcome: Outcome,
-    /// Its event in the batch, if it was stored.
-    event: Option<usize>,
-}
-
-enum Completion {
-    Append(Admitted),
-    Call(Box<dyn FnOnce() + Send>),
-}
-
-/// A committed batch waiting for its high-water mark before it is delivered and
-/// acknowledged.
-struct Committed {
-    head: u64,
-    events: Vec<Event>,
-    completions: Vec<Completion>,
+/// Where a committed batch is delivered and acknowledged.
+enum Finishing {
+    /// On the writer thread, right after the commit: `interval` and `never` have no
+    /// high-water mark to record first, and a thread hop would only add latency.
+    Inline,
+    /// On the finisher thread, once the high-water mark covers it (`always`).
+    Finisher(Finisher),
 }
 
 impl Writer {
-    /// Batches are pipelined: while the high-water mark of batch k is fsynced on its own
-    /// thread, batch k+1 is admitted and committed; then batch k is delivered and
-    /// acknowledged. Every acknowledgement still waits for both fsyncs of its batch, but
-    /// under load each batch costs one fsync's time instead of two. When nothing else is
-    /// queued a batch is finished at once.
+    /// Commits batch after batch; each is handed on to be delivered and acknowledged (see
+    /// [`Finishing`]) while the next is admitted and committed.
     fn run(mut self, mut receiver: mpsc::Receiver<Request>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        let mut pending: Option<Committed> = None;
-        loop {
-            let first = match receiver.try_recv() {
-                Ok(request) => request,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    if let Some(committed) = pending.take() {
-                        self.finish(committed);
-                    }
-                    match receiver.blocking_recv() {
-                        Some(request) => request,
-                        None => break,
-                    }
-                }
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-            };
+        while let Some(first) = receiver.blocking_recv() {
             let mut bytes = first.size();
             batch.push(first);
             while batch.len() < MAX_BATCH && bytes < self.max_batch_bytes {
@@ -308,32 +284,43 @@ impl Writer {
                 }
             }
             let stop = batch.iter().any(|request| matches!(request, Request::Stop));
-            let committed = match self.commit(&mut batch) {
-                Ok(committed) => committed,
+            match self.commit(&mut batch) {
+                Ok(committed) => match &self.finishing {
+                    Finishing::Inline => self.delivery.finish(committed),
+                    Finishing::Finisher(finisher) => finisher.send(committed),
+                },
                 Err(failure) => {
                     error!(error = %failure, "the event log failed; no more events will be acknowledged");
-                    if let Some(earlier) = pending.take() {
-                        self.fail(earlier.completions, None);
-                    }
                     self.failed.store(true, Ordering::Relaxed);
                     self.fatal.cancel();
-                    return;
+                    break;
                 }
-            };
-            if let Some(earlier) = pending.replace(committed) {
-                self.finish(earlier);
             }
             if stop {
                 break;
             }
         }
-        if let Some(committed) = pending.take() {
-            self.finish(committed);
-        }
-        self.marks.finish();
+        self.stop_finisher();
     }
 
-    /// Admits one batch of requests and writes it to the log (fsynced per the policy).
+    /// Lets the finisher deliver what it holds and stops it (before anything later is
+    /// answered, so a client's answers stay in order).
+    fn stop_finisher(&mut self) {
+        if let Finishing::Finisher(finisher) = &mut self.finishing {
+            finisher.stop();
+        }
+        self.finishing = Finishing::Inline;
+    }
+
+    /// Answers a batch that cannot be committed with storage failures, after everything
+    /// committed before it.
+    fn fail(&mut self, completions: Vec<Completion>, pending: Option<Box<Append>>) {
+        self.stop_finisher();
+        self.delivery.fail(completions, pending);
+    }
+
+    /// Admits one batch of requests and writes it to the log (to the OS; fsynced here only
+    /// for an `interval` tick or at the stop).
     fn commit(&mut self, batch: &mut Vec<Request>) -> Result<Committed, StoreError> {
         if self.subjects.len() > SUBJECT_CACHE {
             self.subjects.clear();
@@ -364,68 +351,19 @@ impl Writer {
         }
         let expired = self.expire_dedup()?;
         if !events.is_empty() || !expired.is_empty() {
-            let durability = match self.fsync {
-                FsyncPolicy::Always => Durability::Sync,
-                FsyncPolicy::Interval(_) | FsyncPolicy::Never => Durability::Buffered,
-            };
-            if let Err(failure) = self.store.append(&events, &new_dedup, &expired, durability) {
+            if let Err(failure) = self.store.append(&events, &new_dedup, &expired) {
                 self.fail(completions, None);
                 return Err(failure);
             }
-            if self.fsync == FsyncPolicy::Always {
-                self.marks.advance(self.head);
-            }
         }
         if sync {
-            self.store.sync()?;
-            self.marks.advance(self.head);
+            let synced = self.store.sync().and_then(|()| self.store.mark_acknowledged(self.head));
+            if let Err(failure) = synced {
+                self.fail(completions, None);
+                return Err(failure);
+            }
         }
         Ok(Committed { head: self.head, events, completions })
-    }
-
-    /// Once its high-water mark is recorded (under `always`): publishes the new head, fans
-    /// the batch out in sequence order, acknowledges, and runs the calls queued with it.
-    fn finish(&mut self, committed: Committed) {
-        if self.fsync == FsyncPolicy::Always && !self.marks.wait(committed.head) {
-            self.fail(committed.completions, None);
-            return;
-        }
-        self.head_sender.send_replace(committed.head);
-        let mut stall_budget = MAX_STALL;
-        for completion in committed.completions {
-            match completion {
-                Completion::Append(admitted) => {
-                    if let Some(event) = admitted.event.and_then(|index| committed.events.get(index)) {
-                        self.fan_out(&admitted.append, event, &mut stall_budget);
-                    }
-                    self.acknowledge(&admitted.append.ack, &admitted.outcome);
-                    admitted.append.in_flight.fetch_sub(1, Ordering::AcqRel);
-                }
-                Completion::Call(action) => action(),
-            }
-        }
-    }
-
-    /// Delivers a stored message live. A subscriber pushed lagging (see `LAGGING_AT_MOST`) gets a moment
-    /// to drain, so a burst written as one batch does not cut off a subscriber that is
-    /// merely behind; the waits of one batch add up to at most `stall_budget` (as a live
-    /// publisher pauses at most [`MAX_STALL`] per read), so a stuck subscriber costs the
-    /// others little before it is cut.
-    fn fan_out(&self, append: &Append, event: &Event, stall_budget: &mut Duration) {
-        let routed = self.router.route(&append.message, append.publisher, append.echo);
-        self.router.offer(event);
-        if let Some(lagging) = routed.lagging.filter(|_| !stall_budget.is_zero()) {
-            let started = std::time::Instant::now();
-            let budget = *stall_budget;
-            // The timer must be created inside the runtime's context.
-            let _ = self.runtime.block_on(async { tokio::time::timeout(budget, lagging.wait_drained()).await });
-            *stall_budget = stall_budget.saturating_sub(started.elapsed());
-        }
-        if routed.delivered == 0 {
-            if let (Some((outbound, sid)), Some(reply)) = (&append.no_responders, &append.message.reply) {
-                push_no_responders(outbound, reply, sid);
-            }
-        }
     }
 
     /// Checks an append's conditions; dedup first, as JetStream does.
@@ -537,46 +475,6 @@ impl Writer {
             self.dedup_order.push_back((entry.timestamp, entry.msg_id, entry.seq));
         }
         Ok(())
-    }
-
-    fn acknowledge(&self, ack: &AckTo, outcome: &Outcome) {
-        match ack {
-            AckTo::Nobody => {}
-            AckTo::Line(outbound) => {
-                outbound.push_op(&match outcome {
-                    Outcome::Stored { seq, revision } => {
-                        ServerOp::Ack { seq: *seq, revision: *revision, duplicate: false }
-                    }
-                    Outcome::Duplicate { seq, revision } => {
-                        ServerOp::Ack { seq: *seq, revision: *revision, duplicate: true }
-                    }
-                    Outcome::Rejected(conflict) => ServerOp::Nak(conflict.to_string()),
-                    Outcome::Failed => ServerOp::Nak("storage failure: the event was not stored".to_owned()),
-                });
-            }
-            AckTo::Reply(subject) => {
-                let reply = Pub {
-                    subject: subject.clone(),
-                    reply: None,
-                    headers: None,
-                    payload: Bytes::from(outcome_json(outcome).to_string()),
-                };
-                self.router.route(&reply, 0, true);
-            }
-        }
-    }
-
-    /// Answers everything of a batch that cannot be stored because the log failed.
-    fn fail(&self, completions: Vec<Completion>, pending: Option<Box<Append>>) {
-        warn!("answering the current batch with storage failures");
-        let appends = completions.into_iter().filter_map(|c| match c {
-            Completion::Append(admitted) => Some(admitted.append),
-            Completion::Call(_) => None,
-        });
-        for append in appends.chain(pending) {
-            self.acknowledge(&append.ack, &Outcome::Failed);
-            append.in_flight.fetch_sub(1, Ordering::AcqRel);
-        }
     }
 }
 

@@ -3,24 +3,25 @@
 //! `spawn_blocking`, never on a tokio worker.
 //!
 //! Keyspaces (integers big-endian, so keys sort numerically):
-//! - `events`: `seq` -> [`Event`] encoding. Appends go to the end; range scans are cheap.
-//! - `index`: `subject 0x00 seq` -> revision, and for each proper prefix of the subject
-//!   `prefix.> 0x00 seq` -> empty. A literal subject or a literal prefix (`orders.42.>`) is
-//!   then one range scan in sequence order, and "last event of S" is one reverse seek.
-//!   (Subjects cannot contain 0x00 or a `>` token, so the two kinds never collide.)
+//! - `events`: `first seq` -> a run of consecutive events (see [`run`]): a batch becomes a
+//!   few values, not one per event, and appends and replays cost per run, not per event.
+//! - `index`: per run, one entry per subject and per token prefix listing its sequences
+//!   (see [`index`]), so a literal subject or prefix replays without scanning the log.
 //! - `dedup`: `timestamp msg-id` -> seq, so the dedup window is a range from a time.
 //!
 //! Reads never look past the head the caller passes in: the writer publishes the head only
-//! after a batch is committed, and a batch's keys become visible one by one.
+//! after a batch is committed.
 
 mod error;
 mod event;
 mod hwm;
+mod index;
+mod run;
 
 use std::path::Path;
 use std::sync::Mutex;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Slice};
 
 use crate::subject::{Filter, matches};
@@ -28,6 +29,8 @@ use crate::subject::{Filter, matches};
 pub use error::StoreError;
 pub use event::Event;
 use hwm::HighWaterMark;
+use index::{RunIndex, be_u64, entry_seqs, is_exact, key_seq, literal_prefix, name_of, seq_range};
+use run::{RUN_BYTES, RUN_EVENTS, Run, push_record};
 
 /// A message id remembered for deduplication.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,16 +38,6 @@ pub struct DedupEntry {
     pub timestamp: u64,
     pub msg_id: Bytes,
     pub seq: u64,
-}
-
-/// How a committed batch reaches the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// fdatasync before the commit returns: the batch survives power loss.
-    Sync,
-    /// Written to the OS before the commit returns: survives the process being killed,
-    /// not a power loss until the next [`Store::sync`].
-    Buffered,
 }
 
 /// One chunk of a read: the matching events, and where the next read starts.
@@ -123,7 +116,10 @@ impl Store {
     /// Engine failures.
     pub fn last_seq(&self) -> Result<u64, StoreError> {
         match self.events.last_key_value() {
-            Some(guard) => Ok(be_u64(&guard.key()?)),
+            Some(guard) => {
+                let (key, value) = guard.into_inner()?;
+                Ok(Run::parse(be_u64(&key), Bytes::from(value))?.last())
+            }
             None => Ok(0),
         }
     }
@@ -135,29 +131,34 @@ impl Store {
 
     /// Writes `events` (consecutive sequences, subjects already validated) with their index
     /// entries, plus new dedup entries and the removal of expired ones, as ONE atomic batch.
+    /// It reaches the OS before this returns (so it survives the process being killed); call
+    /// [`Store::sync`] to make it survive a power loss. Keeping the fsync out of the batch
+    /// lets one fsync cover every batch written while the previous fsync ran.
     ///
     /// # Errors
     /// Any failure is fatal for the log (fjall poisons the database): stop acknowledging.
-    pub fn append(
-        &self,
-        events: &[Event],
-        dedup: &[DedupEntry],
-        expired: &[Slice],
-        durability: Durability,
-    ) -> Result<(), StoreError> {
-        let persist = match durability {
-            Durability::Sync => PersistMode::SyncData,
-            Durability::Buffered => PersistMode::Buffer,
-        };
-        let mut batch = self.db.batch().durability(Some(persist));
-        let mut buffer = BytesMut::with_capacity(events.iter().map(Event::encoded_len).sum());
-        for event in events {
-            event.encode(&mut buffer);
-            let value = buffer.split().freeze();
-            batch.insert(&self.events, event.seq.to_be_bytes(), Slice::from(value));
-            batch.insert(&self.index, index_key(&event.subject, event.seq), event.revision.to_be_bytes());
-            for prefix in prefixes(&event.subject) {
-                batch.insert(&self.index, prefix_key(prefix, event.seq), []);
+    pub fn append(&self, events: &[Event], dedup: &[DedupEntry], expired: &[Slice]) -> Result<(), StoreError> {
+        // Never leave durability unset: fjall then keeps the batch in its own buffer, and
+        // a killed process loses it.
+        let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
+        // Built in one reused buffer and copied out at its exact size: the memtable keeps
+        // the value, and a split-off buffer would pin the whole allocation with it.
+        let mut run = BytesMut::with_capacity(RUN_BYTES + 4096);
+        let mut run_events = 0;
+        let mut index = RunIndex::default();
+        for (i, event) in events.iter().enumerate() {
+            push_record(&mut run, event);
+            index.add(&event.subject, event.seq, event.revision);
+            run_events += 1;
+            let last = i + 1 == events.len();
+            if last || run.len() >= RUN_BYTES || run_events == RUN_EVENTS {
+                let first = event.seq + 1 - run_events as u64;
+                batch.insert(&self.events, first.to_be_bytes(), Slice::from(&run[..]));
+                run.clear();
+                for (key, value) in index.drain() {
+                    batch.insert(&self.index, key, value);
+                }
+                run_events = 0;
             }
         }
         for entry in dedup {
@@ -173,7 +174,7 @@ impl Store {
         Ok(())
     }
 
-    /// fdatasyncs everything written so far (the `interval` fsync policy's tick).
+    /// fdatasyncs everything appended so far.
     ///
     /// # Errors
     /// Fatal, as for [`Store::append`].
@@ -195,7 +196,18 @@ impl Store {
     /// # Errors
     /// Engine failures, or [`StoreError::Corrupt`].
     pub fn get(&self, seq: u64) -> Result<Option<Event>, StoreError> {
-        self.events.get(seq.to_be_bytes())?.map(|value| Event::decode(seq, Bytes::from(value))).transpose()
+        match self.run_at(seq)? {
+            Some(run) => run.event(seq),
+            None => Ok(None),
+        }
+    }
+
+    /// The run holding `seq`, if any: one reverse seek.
+    fn run_at(&self, seq: u64) -> Result<Option<Run>, StoreError> {
+        let Some(guard) = self.events.range(..=seq.to_be_bytes()).next_back() else { return Ok(None) };
+        let (key, value) = guard.into_inner()?;
+        let run = Run::parse(be_u64(&key), Bytes::from(value))?;
+        Ok((run.last() >= seq).then_some(run))
     }
 
     /// Events matching `filter` with sequences in `from..=to`, in order, at most `limit`.
@@ -211,11 +223,13 @@ impl Store {
             chunk.next = from;
             return Ok(chunk);
         }
-        let wanted = |event: &Event| matches(filter.as_bytes(), &event.subject);
         let mut examined = 0;
-        let mut take = |seq: u64, event: Event, chunk: &mut Chunk| {
+        // Every event is matched, even one the index named: a damaged index can then only
+        // hide events, never serve one under the wrong subject.
+        let mut take = |event: Event, chunk: &mut Chunk| {
             examined += 1;
-            if wanted(&event) {
+            let seq = event.seq;
+            if matches(filter.as_bytes(), &event.subject) {
                 chunk.events.push(event);
             }
             if chunk.events.len() >= limit || examined >= SCAN_BUDGET {
@@ -224,47 +238,34 @@ impl Store {
             }
             true
         };
-        match index_prefix(filter) {
-            Some(prefix) => {
-                // The index gives the sequences; where they are dense (a busy subject), one
-                // range scan of the log beats a point lookup per event.
-                let exact = filter.is_literal() || is_prefix_filter(filter);
-                let wanted_seqs = if exact { limit.min(SCAN_BUDGET) } else { SCAN_BUDGET };
-                let seqs = self
-                    .index
-                    .range(seq_range(&prefix, from, to))
-                    .take(wanted_seqs)
-                    .map(|guard| Ok(index_seq(&guard.key()?)))
-                    .collect::<Result<Vec<u64>, StoreError>>()?;
-                let (Some(&first), Some(&last)) = (seqs.first(), seqs.last()) else { return Ok(chunk) };
-                if last - first < 4 * seqs.len() as u64 {
-                    for guard in self.events.range(first.to_be_bytes()..=last.to_be_bytes()) {
-                        let (key, value) = guard.into_inner()?;
-                        let seq = be_u64(&key);
-                        if seqs.binary_search(&seq).is_ok()
-                            && !take(seq, Event::decode(seq, Bytes::from(value))?, &mut chunk)
-                        {
-                            break;
-                        }
+        match name_of(filter) {
+            Some(name) => {
+                let wanted = if is_exact(filter) { limit.min(SCAN_BUDGET) } else { SCAN_BUDGET };
+                let seqs = self.indexed(&name, from, to, wanted)?;
+                let mut run: Option<Run> = None;
+                for &seq in &seqs {
+                    if run.as_ref().is_none_or(|run| run.last() < seq) {
+                        run = self.run_at(seq)?;
                     }
-                } else {
-                    for &seq in &seqs {
-                        let event = self.get(seq)?.ok_or(StoreError::Corrupt { seq })?;
-                        if !take(seq, event, &mut chunk) {
-                            break;
-                        }
+                    let event = run.as_ref().map(|run| run.event(seq)).transpose()?.flatten();
+                    if !take(event.ok_or(StoreError::Corrupt { seq })?, &mut chunk) {
+                        break;
                     }
                 }
-                if seqs.len() == wanted_seqs {
+                if let (true, Some(&last)) = (seqs.len() == wanted, seqs.last()) {
                     chunk.next = chunk.next.min(last + 1);
                 }
             }
             None => {
-                for guard in self.events.range(from.to_be_bytes()..=to.to_be_bytes()) {
+                let start = self.run_at(from)?.map_or(from, |run| run.first());
+                'runs: for guard in self.events.range(start.to_be_bytes()..=to.to_be_bytes()) {
                     let (key, value) = guard.into_inner()?;
-                    let seq = be_u64(&key);
-                    if !take(seq, Event::decode(seq, Bytes::from(value))?, &mut chunk) {
-                        break;
+                    let run = Run::parse(be_u64(&key), Bytes::from(value))?;
+                    for seq in run.first().max(from)..=run.last().min(to) {
+                        let event = run.event(seq)?.ok_or(StoreError::Corrupt { seq })?;
+                        if !take(event, &mut chunk) {
+                            break 'runs;
+                        }
                     }
                 }
             }
@@ -272,20 +273,48 @@ impl Store {
         Ok(chunk)
     }
 
+    /// The sequences the index lists under `name` (ending in 0x00) in
+    /// `from..=to`, at most `limit`, in order.
+    fn indexed(&self, name: &[u8], from: u64, to: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
+        // The entry holding `from` may start before it.
+        let start = match self.index.range(seq_range(name, 0, from)).next_back() {
+            Some(guard) => key_seq(&guard.key()?),
+            None => from,
+        };
+        let mut seqs = Vec::new();
+        for guard in self.index.range(seq_range(name, start, to)) {
+            let (key, value) = guard.into_inner()?;
+            for (seq, _) in entry_seqs(key_seq(&key), &value) {
+                if seq > to || seqs.len() == limit {
+                    return Ok(seqs);
+                }
+                if seq >= from {
+                    seqs.push(seq);
+                }
+            }
+        }
+        Ok(seqs)
+    }
+
+    /// The last `(sequence, revision)` the index lists under `name` at or before `head`.
+    fn last_indexed(&self, name: &[u8], head: u64) -> Result<Option<(u64, u64)>, StoreError> {
+        match self.index.range(seq_range(name, 0, head)).next_back() {
+            Some(guard) => {
+                let (key, value) = guard.into_inner()?;
+                Ok(entry_seqs(key_seq(&key), &value).take_while(|&(seq, _)| seq <= head).last())
+            }
+            None => Ok(None),
+        }
+    }
+
     /// The last event of `subject` at or before `head`: its sequence and revision.
     ///
     /// # Errors
     /// Engine failures.
     pub fn last_of_subject(&self, subject: &[u8], head: u64) -> Result<Option<(u64, u64)>, StoreError> {
-        let mut key = subject.to_vec();
-        key.push(0);
-        match self.index.range(seq_range(&key, 0, head)).next_back() {
-            Some(guard) => {
-                let (key, value) = guard.into_inner()?;
-                Ok(Some((index_seq(&key), be_u64(&value))))
-            }
-            None => Ok(None),
-        }
+        let mut name = subject.to_vec();
+        name.push(0);
+        self.last_indexed(&name, head)
     }
 
     /// The highest sequence in `after+1..=head` whose subject matches `filter`, if any:
@@ -297,10 +326,9 @@ impl Store {
         if after >= head {
             return Ok(None);
         }
-        let exact = filter.is_literal() || is_prefix_filter(filter);
-        if let (Some(prefix), true) = (index_prefix(filter), exact) {
-            let last = self.index.range(seq_range(&prefix, after + 1, head)).next_back();
-            return last.map(|guard| Ok(index_seq(&guard.key()?))).transpose();
+        if let (Some(name), true) = (name_of(filter), is_exact(filter)) {
+            let last = self.last_indexed(&name, head)?.map(|(seq, _)| seq);
+            return Ok(last.filter(|&seq| seq > after));
         }
         let mut seq = head;
         while seq > after {
@@ -399,83 +427,6 @@ fn holds_events(log_dir: &Path) -> bool {
     }
     let events = db.keyspace("events", KeyspaceCreateOptions::default);
     events.is_ok_and(|events| events.first_key_value().is_some())
-}
-
-/// A big-endian u64 from the first 8 bytes (event keys, dedup timestamps and values).
-fn be_u64(bytes: &[u8]) -> u64 {
-    bytes.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes)
-}
-
-/// The sequence at the end of an index key (`subject 0x00 seq`).
-fn index_seq(key: &[u8]) -> u64 {
-    be_u64(&key[key.len().saturating_sub(8)..])
-}
-
-fn index_key(subject: &[u8], seq: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(subject.len() + 9);
-    key.extend_from_slice(subject);
-    key.push(0);
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
-}
-
-fn prefix_key(prefix: &[u8], seq: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(prefix.len() + 11);
-    key.extend_from_slice(prefix);
-    key.put_slice(b".>");
-    key.push(0);
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
-}
-
-/// Every proper token prefix of a subject: `a.b.c` -> `a`, `a.b`.
-fn prefixes(subject: &[u8]) -> impl Iterator<Item = &[u8]> {
-    subject.iter().enumerate().filter(|&(_, &b)| b == b'.').map(|(i, _)| &subject[..i])
-}
-
-/// The literal tokens before the first wildcard, with their trailing dot (`orders.*.x` ->
-/// `orders.`), or the whole subject for a literal filter.
-fn literal_prefix(filter: &Filter) -> &[u8] {
-    let bytes = filter.as_bytes();
-    let mut end = 0;
-    for token in bytes.split(|&b| b == b'.') {
-        if token == b"*" || token == b">" {
-            return &bytes[..end];
-        }
-        end += token.len() + 1;
-    }
-    bytes
-}
-
-/// `prefix.>` with no other wildcard.
-fn is_prefix_filter(filter: &Filter) -> bool {
-    let bytes = filter.as_bytes();
-    bytes.ends_with(b".>") && literal_prefix(filter).len() == bytes.len() - 1
-}
-
-/// The index key prefix (with its 0x00) that covers every subject `filter` can match, if
-/// the filter starts with a literal token: the literal itself, or `literal-prefix.>`.
-fn index_prefix(filter: &Filter) -> Option<Vec<u8>> {
-    if filter.is_literal() {
-        let mut key = filter.as_bytes().to_vec();
-        key.push(0);
-        return Some(key);
-    }
-    let prefix = literal_prefix(filter);
-    let prefix = prefix.strip_suffix(b".")?;
-    let mut key = prefix.to_vec();
-    key.extend_from_slice(b".>");
-    key.push(0);
-    Some(key)
-}
-
-/// Index keys under `prefix` (which ends in 0x00) with sequences in `from..=to`.
-fn seq_range(prefix: &[u8], from: u64, to: u64) -> std::ops::RangeInclusive<Vec<u8>> {
-    let mut start = prefix.to_vec();
-    start.extend_from_slice(&from.to_be_bytes());
-    let mut end = prefix.to_vec();
-    end.extend_from_slice(&to.to_be_bytes());
-    start..=end
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use fjall::{Database, KeyspaceCreateOptions, Slice};
 use tempfile::TempDir;
 
-use super::{DedupEntry, Durability, Event, SCAN_BUDGET, Store, StoreError};
+use super::{DedupEntry, Event, SCAN_BUDGET, Store, StoreError};
 use crate::subject::{Filter, Subject, matches};
 
 // ---- Fixtures and oracles ----
@@ -48,7 +48,11 @@ fn make_events(n: u64) -> Vec<Event> {
                 revision: *revision,
                 subject: Bytes::from_static(subject.as_bytes()),
                 headers,
-                payload: Bytes::from(format!("payload {seq}")),
+                // Every fifth payload is large, so some batches fill more than one run.
+                payload: Bytes::from(format!(
+                    "payload {seq}{}",
+                    if seq % 5 == 0 { "x".repeat(5000) } else { String::new() }
+                )),
             }
         })
         .collect()
@@ -61,14 +65,23 @@ struct Fixture {
     dir: TempDir,
 }
 
-/// A store holding [`make_events`]`(n)`, appended in batches of 7 with both durabilities.
+/// A store holding [`make_events`]`(n)`, appended in batches of 7, 20 and 1 events (so
+/// runs end inside batches and at their ends), fsyncing after every other batch.
 fn filled(n: u64) -> Fixture {
     let dir = TempDir::new().expect("temp dir");
     let store = Store::open(dir.path()).expect("opens");
     let events = make_events(n);
-    for (i, batch) in events.chunks(7).enumerate() {
-        let durability = if i % 2 == 0 { Durability::Sync } else { Durability::Buffered };
-        store.append(batch, &[], &[], durability).expect("appends");
+    let mut rest = &events[..];
+    for (i, size) in [7, 20, 1].into_iter().cycle().enumerate() {
+        if rest.is_empty() {
+            break;
+        }
+        let (batch, later) = rest.split_at(size.min(rest.len()));
+        store.append(batch, &[], &[]).expect("appends");
+        if i % 2 == 0 {
+            store.sync().expect("syncs");
+        }
+        rest = later;
     }
     Fixture { store, events, dir }
 }
@@ -137,6 +150,8 @@ fn appended_events_come_back_equal() {
     for event in &f.events {
         assert_eq!(f.store.get(event.seq).expect("get").as_ref(), Some(event));
     }
+    // 48 events went in as 5 batches; the large payloads split some of them.
+    assert!(f.store.events.iter().count() > 5, "no batch was split into runs");
     assert_eq!(f.store.get(0).expect("get 0"), None);
     assert_eq!(f.store.get(EVENTS + 1).expect("get past head"), None);
 }
@@ -195,7 +210,7 @@ fn scans_past_the_budget_continue_where_they_stopped() {
         })
         .collect();
     for batch in events.chunks(10_000) {
-        store.append(batch, &[], &[], Durability::Buffered).expect("appends");
+        store.append(batch, &[], &[]).expect("appends");
     }
     // A full scan that finds nothing more returns after the budget, and says where to go on.
     let chunk = store.read(&filter("*.x"), 2, head, 10).expect("reads");
@@ -286,7 +301,7 @@ fn dedup_window_lists_expires_and_removes() {
     let store = Store::open(dir.path()).expect("opens");
     let events = make_events(5);
     let entries = [dedup(100, "m1", 1), dedup(200, "m2", 2), dedup(200, "m0", 3), dedup(300, "m3", 4)];
-    store.append(&events[..4], &entries, &[], Durability::Sync).expect("appends");
+    store.append(&events[..4], &entries, &[]).expect("appends");
     let (m1, m2, m0, m3) = (&entries[0], &entries[1], &entries[2], &entries[3]);
 
     assert_eq!(store.dedup_since(0).expect("since"), [m1, m0, m2, m3].map(Clone::clone));
@@ -300,7 +315,7 @@ fn dedup_window_lists_expires_and_removes() {
     let expired = store.dedup_expired(201, 2).expect("expired");
     assert_eq!(expired, [key(m1), key(m0)]);
 
-    store.append(&events[4..], &[], &expired, Durability::Sync).expect("appends");
+    store.append(&events[4..], &[], &expired).expect("appends");
     assert_eq!(store.dedup_since(0).expect("since"), [m2, m3].map(Clone::clone));
     assert_eq!(store.last_seq().expect("last"), 5);
 }
@@ -310,7 +325,7 @@ fn dedup_window_lists_expires_and_removes() {
 #[test]
 fn reopen_keeps_events_indexes_and_dedup_and_appends_continue() {
     let Fixture { store, mut events, dir } = filled(EVENTS);
-    store.append(&[], &[dedup(500, "kept", 9)], &[], Durability::Sync).expect("dedup only");
+    store.append(&[], &[dedup(500, "kept", 9)], &[]).expect("dedup only");
     drop(store);
 
     let store = Store::open(dir.path()).expect("reopens");
@@ -322,7 +337,7 @@ fn reopen_keeps_events_indexes_and_dedup_and_appends_continue() {
 
     // Continue the timeline after the reopen, then check everything once more after another.
     let more = make_events(EVENTS + 6).split_off(EVENTS as usize);
-    store.append(&more, &[], &[], Durability::Buffered).expect("appends after reopen");
+    store.append(&more, &[], &[]).expect("appends after reopen");
     store.sync().expect("syncs");
     events.extend(more);
     drop(store);
@@ -408,13 +423,13 @@ fn half_initialised_directory_opens_as_a_fresh_log() {
 
     let store = Store::open(dir.path()).expect("opens a half-initialised dir");
     assert_eq!((store.last_seq().expect("last"), store.acknowledged()), (0, 0));
-    store.append(&make_events(3), &[], &[], Durability::Sync).expect("appends");
+    store.append(&make_events(3), &[], &[]).expect("appends");
     drop(store);
     assert_eq!(Store::open(dir.path()).expect("reopens").last_seq().expect("last"), 3);
 }
 
-/// Rewrites stored event values with fjall directly (the `log` dir and `events` keyspace
-/// are the documented layout), as a disk or a bug below the store could.
+/// Rewrites stored runs with fjall directly (the `log` dir and `events` keyspace are the
+/// documented layout), as a disk or a bug below the store could.
 fn tamper(dir: &Path, edit: impl FnOnce(&fjall::Keyspace)) {
     let db = Database::builder(dir.join("log")).open().expect("opens fjall");
     let events = db.keyspace("events", KeyspaceCreateOptions::default).expect("events keyspace");
@@ -423,14 +438,27 @@ fn tamper(dir: &Path, edit: impl FnOnce(&fjall::Keyspace)) {
     drop(db);
 }
 
+/// The records (`len u32 | event`) of a stored run, each with its length prefix.
+fn records(run: &[u8]) -> Vec<Vec<u8>> {
+    let mut records = Vec::new();
+    let mut rest = run;
+    while let Some(len) = rest.get(..4).map(|len| u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize) {
+        records.push(rest[..4 + len].to_vec());
+        rest = &rest[4 + len..];
+    }
+    records
+}
+
 #[test]
 fn corrupt_or_misplaced_events_are_never_served() {
     let Fixture { store, events, dir } = filled(10);
     drop(store);
     tamper(dir.path(), |ks| {
-        // Event 6's bytes under key 5: a valid encoding, but of another sequence.
-        let six = ks.get(6u64.to_be_bytes()).expect("reads").expect("event 6");
-        ks.insert(5u64.to_be_bytes(), six).expect("writes");
+        // The first run holds 1..=7. Event 6's record in event 5's place: a valid
+        // encoding, but of another sequence.
+        let mut run = records(&ks.get(1u64.to_be_bytes()).expect("reads").expect("first run"));
+        run[4] = run[5].clone();
+        ks.insert(1u64.to_be_bytes(), run.concat()).expect("writes");
     });
 
     let store = Store::open(dir.path()).expect("only the last event is checked at open");
@@ -447,10 +475,11 @@ fn reopen_refuses_a_corrupt_last_event() {
     let Fixture { store, dir, .. } = filled(10);
     drop(store);
     tamper(dir.path(), |ks| {
-        let mut ten = ks.get(10u64.to_be_bytes()).expect("reads").expect("event 10").to_vec();
-        let last = ten.len() - 1;
-        ten[last] ^= 0x20;
-        ks.insert(10u64.to_be_bytes(), ten).expect("writes");
+        // The last run holds 8..=10; its last byte is event 10's.
+        let mut run = ks.get(8u64.to_be_bytes()).expect("reads").expect("last run").to_vec();
+        let last = run.len() - 1;
+        run[last] ^= 0x20;
+        ks.insert(8u64.to_be_bytes(), run).expect("writes");
     });
     let error = open_err(dir.path());
     assert!(matches!(error, StoreError::Corrupt { seq: 10 }), "{error:?}");

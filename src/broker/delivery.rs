@@ -1,0 +1,133 @@
+//! The second half of the write path: a committed batch is made visible (the head moves),
+//! fanned out live in sequence order, and acknowledged. Under `--fsync always` this runs on
+//! the finisher thread once the high-water mark covers the batch; otherwise on the writer
+//! thread right after the commit.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tracing::warn;
+
+use super::MAX_STALL;
+use super::router::Router;
+use super::session::push_no_responders;
+use super::timeline::{AckTo, Append, Outcome, outcome_json};
+use crate::protocol::{Pub, ServerOp};
+use crate::store::Event;
+
+/// An admitted append, waiting for its batch to commit.
+pub(super) struct Admitted {
+    pub append: Box<Append>,
+    pub outcome: Outcome,
+    /// Its event in the batch, if it was stored.
+    pub event: Option<usize>,
+}
+
+pub(super) enum Completion {
+    Append(Admitted),
+    /// A client's `PONG`, `SUB` or `UNSUB` that keeps its place after its own publishes.
+    Call(Box<dyn FnOnce() + Send>),
+}
+
+/// A batch written to the log, waiting to be delivered and acknowledged.
+pub(super) struct Committed {
+    pub head: u64,
+    pub events: Vec<Event>,
+    pub completions: Vec<Completion>,
+}
+
+/// What delivering needs; cheap to clone, so the writer keeps one to answer failures.
+#[derive(Clone)]
+pub(super) struct Delivery {
+    pub router: Arc<Router>,
+    pub head: Arc<watch::Sender<u64>>,
+    /// For bounded waits on lagging subscribers from a thread outside the runtime.
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl Delivery {
+    /// Publishes the batch's head, fans it out in sequence order, acknowledges, and runs
+    /// the calls queued with it.
+    pub(super) fn finish(&self, committed: Committed) {
+        self.head.send_replace(committed.head);
+        let mut stall_budget = MAX_STALL;
+        for completion in committed.completions {
+            match completion {
+                Completion::Append(admitted) => {
+                    if let Some(event) = admitted.event.and_then(|index| committed.events.get(index)) {
+                        self.fan_out(&admitted.append, event, &mut stall_budget);
+                    }
+                    self.acknowledge(&admitted.append.ack, &admitted.outcome);
+                    admitted.append.in_flight.fetch_sub(1, Ordering::AcqRel);
+                }
+                Completion::Call(action) => action(),
+            }
+        }
+    }
+
+    /// Delivers a stored message live. A subscriber pushed lagging (see `LAGGING_AT_MOST`)
+    /// gets a moment to drain, so a burst written as one batch does not cut off a
+    /// subscriber that is merely behind; the waits of one batch add up to at most
+    /// `stall_budget` (as a live publisher pauses at most [`MAX_STALL`] per read), so a
+    /// stuck subscriber costs the others little before it is cut.
+    fn fan_out(&self, append: &Append, event: &Event, stall_budget: &mut Duration) {
+        let routed = self.router.route(&append.message, append.publisher, append.echo);
+        self.router.offer(event);
+        if let Some(lagging) = routed.lagging.filter(|_| !stall_budget.is_zero()) {
+            let started = std::time::Instant::now();
+            let budget = *stall_budget;
+            // The timer must be created inside the runtime's context.
+            let _ = self.runtime.block_on(async { tokio::time::timeout(budget, lagging.wait_drained()).await });
+            *stall_budget = stall_budget.saturating_sub(started.elapsed());
+        }
+        if routed.delivered == 0 {
+            if let (Some((outbound, sid)), Some(reply)) = (&append.no_responders, &append.message.reply) {
+                push_no_responders(outbound, reply, sid);
+            }
+        }
+    }
+
+    pub(super) fn acknowledge(&self, ack: &AckTo, outcome: &Outcome) {
+        match ack {
+            AckTo::Nobody => {}
+            AckTo::Line(outbound) => {
+                outbound.push_op(&match outcome {
+                    Outcome::Stored { seq, revision } => {
+                        ServerOp::Ack { seq: *seq, revision: *revision, duplicate: false }
+                    }
+                    Outcome::Duplicate { seq, revision } => {
+                        ServerOp::Ack { seq: *seq, revision: *revision, duplicate: true }
+                    }
+                    Outcome::Rejected(conflict) => ServerOp::Nak(conflict.to_string()),
+                    Outcome::Failed => ServerOp::Nak("storage failure: the event was not stored".to_owned()),
+                });
+            }
+            AckTo::Reply(subject) => {
+                let reply = Pub {
+                    subject: subject.clone(),
+                    reply: None,
+                    headers: None,
+                    payload: Bytes::from(outcome_json(outcome).to_string()),
+                };
+                self.router.route(&reply, 0, true);
+            }
+        }
+    }
+
+    /// Answers every append of `completions` (and `pending`) with a storage failure: the
+    /// log failed, so they are not acknowledged as stored even if they reached the disk.
+    pub(super) fn fail(&self, completions: Vec<Completion>, pending: Option<Box<Append>>) {
+        warn!("answering the current batch with storage failures");
+        let appends = completions.into_iter().filter_map(|c| match c {
+            Completion::Append(admitted) => Some(admitted.append),
+            Completion::Call(_) => None,
+        });
+        for append in appends.chain(pending) {
+            self.acknowledge(&append.ack, &Outcome::Failed);
+            append.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
