@@ -18,11 +18,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc instead of the system allocator: the log writer allocates per event (keys,
-/// batches), and glibc's malloc showed up as a tenth of its time.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "eventline", version, about = "A NATS-compatible broker that keeps every event")]
 struct Cli {
