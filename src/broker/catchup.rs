@@ -20,7 +20,7 @@ use tracing::warn;
 use super::{Outbound, Pushed};
 use crate::protocol::{Query, Start, headers};
 use crate::store::{Event, Store, StoreError};
-use crate::subject::{Filter, matches};
+use crate::subject::Filter;
 
 /// Events read from the store per step of a replay.
 const CHUNK: usize = 512;
@@ -302,20 +302,12 @@ async fn fetch_events(
         to = to.min(blocking(move || reader.first_at_or_after(until, head)).await?.saturating_sub(1));
     }
     let mut count = 0;
-    // One filter reads through its index; several are read as one scan with each filter
-    // tried in turn, so results come out in sequence order without a merge.
-    let scan = match filters {
-        [single] => single.clone(),
-        _ => Filter::everything(),
-    };
+    let filters: Arc<[Filter]> = filters.into();
     while from <= to && count < query.limit {
-        let (reader, scan_filter) = (Arc::clone(store), scan.clone());
+        let (reader, filters) = (Arc::clone(store), Arc::clone(&filters));
         let want = usize::try_from(query.limit - count).unwrap_or(usize::MAX).min(CHUNK);
-        let chunk = blocking(move || reader.read(&scan_filter, from, to, want)).await?;
-        for event in chunk.events.iter().filter(|e| filters.iter().any(|f| matches(f.as_bytes(), &e.subject))) {
-            if count == query.limit {
-                return Ok((count, event.seq - 1));
-            }
+        let chunk = blocking(move || reader.read_any(&filters, from, to, want)).await?;
+        for event in &chunk.events {
             while sink.outbound.is_lagging() && !sink.outbound.is_closed() {
                 sink.outbound.wait_drained().await;
             }

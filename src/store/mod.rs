@@ -221,6 +221,20 @@ impl Store {
     /// # Errors
     /// Engine failures, or [`StoreError::Corrupt`].
     pub fn read(&self, filter: &Filter, from: u64, to: u64, limit: usize) -> Result<Chunk, StoreError> {
+        let index = name_of(filter).map(|name| (name, is_exact(filter)));
+        self.read_matching(index, |subject| matches(filter.as_bytes(), subject), from, to, limit)
+    }
+
+    /// [`Store::read`] for the subjects `wanted` accepts, through the index entries named
+    /// (with whether they list exactly the wanted subjects) or by a scan of the log.
+    fn read_matching(
+        &self,
+        index: Option<(Vec<u8>, bool)>,
+        wanted: impl Fn(&[u8]) -> bool,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Chunk, StoreError> {
         let mut chunk = Chunk { events: Vec::new(), next: to.saturating_add(1) };
         if from > to || limit == 0 {
             chunk.next = from;
@@ -232,7 +246,7 @@ impl Store {
         let mut take = |event: Event, chunk: &mut Chunk| {
             examined += 1;
             let seq = event.seq;
-            if matches(filter.as_bytes(), &event.subject) {
+            if wanted(&event.subject) {
                 chunk.events.push(event);
             }
             if chunk.events.len() >= limit || examined >= SCAN_BUDGET {
@@ -241,10 +255,10 @@ impl Store {
             }
             true
         };
-        match name_of(filter) {
-            Some(name) => {
-                let wanted = if is_exact(filter) { limit.min(SCAN_BUDGET) } else { SCAN_BUDGET };
-                let seqs = self.indexed(&name, from, to, wanted)?;
+        match index {
+            Some((name, exact)) => {
+                let listed = if exact { limit.min(SCAN_BUDGET) } else { SCAN_BUDGET };
+                let seqs = self.indexed(&name, from, to, listed)?;
                 let mut run: Option<Run> = None;
                 for &seq in &seqs {
                     if run.as_ref().is_none_or(|run| run.last() < seq) {
@@ -255,7 +269,7 @@ impl Store {
                         break;
                     }
                 }
-                if let (true, Some(&last)) = (seqs.len() == wanted, seqs.last()) {
+                if let (true, Some(&last)) = (seqs.len() == listed, seqs.last()) {
                     chunk.next = chunk.next.min(last + 1);
                 }
             }
@@ -274,6 +288,37 @@ impl Store {
             }
         }
         Ok(chunk)
+    }
+
+    /// Events matching any of `filters`, as [`Store::read`] (one event once, however many
+    /// filters it matches). When every filter starts with a literal token, each is read
+    /// through the index and the results merged, so a query such as `orders.42.>` plus
+    /// `payments.42.>` never scans the log; otherwise one scan tries each filter in turn.
+    ///
+    /// # Errors
+    /// Engine failures, or [`StoreError::Corrupt`].
+    pub fn read_any(&self, filters: &[Filter], from: u64, to: u64, limit: usize) -> Result<Chunk, StoreError> {
+        if let [filter] = filters {
+            return self.read(filter, from, to, limit);
+        }
+        if filters.iter().any(|filter| name_of(filter).is_none()) {
+            let wanted = |subject: &[u8]| filters.iter().any(|filter| matches(filter.as_bytes(), subject));
+            return self.read_matching(None, wanted, from, to, limit);
+        }
+        // Each filter's chunk holds all of its events before its own `next`; below the
+        // lowest of those, the merge is complete.
+        let chunks = filters.iter().map(|filter| self.read(filter, from, to, limit)).collect::<Result<Vec<_>, _>>()?;
+        let complete_below = chunks.iter().map(|chunk| chunk.next).min().unwrap_or(from);
+        let mut events: Vec<Event> =
+            chunks.into_iter().flat_map(|chunk| chunk.events).filter(|event| event.seq < complete_below).collect();
+        events.sort_unstable_by_key(|event| event.seq);
+        events.dedup_by_key(|event| event.seq);
+        let next = match events.get(limit) {
+            Some(first_left_out) => first_left_out.seq,
+            None => complete_below,
+        };
+        events.truncate(limit);
+        Ok(Chunk { events, next })
     }
 
     /// The sequences the index lists under `name` (ending in 0x00) in

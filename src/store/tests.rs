@@ -172,6 +172,43 @@ fn read_returns_exactly_the_matching_events_for_every_filter_shape() {
     }
 }
 
+/// Several filters at once: every event matching any of them, once, in order, whether
+/// the filters go through the index (merged) or one of them needs a scan.
+#[test]
+fn read_any_returns_each_event_matching_any_filter_once() {
+    let f = filled(EVENTS);
+    let filter_sets: [&[&str]; 5] = [
+        &["orders.42.>", "a.>"],
+        &["orders.42.created", "orders.42.>", "orders"],
+        &["a", "a.b", "nope"],
+        &["ordersX", "*.x"],
+        &["orders.*.created", "a.*", "b.x"],
+    ];
+    for texts in filter_sets {
+        let filters: Vec<Filter> = texts.iter().map(|text| filter(text)).collect();
+        for (from, to) in [(1, EVENTS), (5, 30), (17, 17), (40, EVENTS)] {
+            let expected: Vec<u64> = f
+                .events
+                .iter()
+                .filter(|e| (from..=to).contains(&e.seq) && texts.iter().any(|t| matches(t.as_bytes(), &e.subject)))
+                .map(|e| e.seq)
+                .collect();
+            for limit in [usize::MAX, 1, 3] {
+                let mut got = Vec::new();
+                let mut at = from;
+                while at <= to {
+                    let chunk = f.store.read_any(&filters, at, to, limit).expect("reads");
+                    assert!(chunk.events.len() <= limit && chunk.next > at, "{texts:?} from {at}: no progress");
+                    assert!(chunk.events.iter().all(|e| e.seq >= at && e.seq < chunk.next), "{texts:?}: outside page");
+                    got.extend(seqs(&chunk.events));
+                    at = chunk.next;
+                }
+                assert_eq!(got, expected, "{texts:?} {from}..={to} by {limit}");
+            }
+        }
+    }
+}
+
 #[test]
 fn read_with_empty_range_or_zero_limit_stays_put() {
     let f = filled(10);
