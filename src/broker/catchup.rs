@@ -177,7 +177,7 @@ impl CatchUp {
                 warn!(%error, "catch-up subscription failed to read the log");
                 return;
             }
-            if self.is_closed() || !self.go_live(head(), &mut marked) {
+            if self.is_closed() || !self.go_live(&mut marked) {
                 continue;
             }
             // Live until fan-out knocks it back to replaying (or it closes).
@@ -230,8 +230,10 @@ impl CatchUp {
     }
 
     /// Switches to live delivery if nothing is missing; false if the buffer overflowed
-    /// and the store must be read again. Sends the caught-up marker the first time.
-    fn go_live(&self, head: u64, marked: &mut bool) -> bool {
+    /// and the store must be read again. Sends the caught-up marker the first time, naming
+    /// the last sequence history covered: not the head, which may already name events the
+    /// fan-out has yet to offer (they come after the marker).
+    fn go_live(&self, marked: &mut bool) -> bool {
         let mut state = self.state();
         if std::mem::take(&mut state.overflowed) {
             state.buffer.clear();
@@ -244,7 +246,7 @@ impl CatchUp {
             }
         }
         if !*marked {
-            let last = itoa::Buffer::new().format(head.max(state.delivered)).to_owned();
+            let last = itoa::Buffer::new().format(state.delivered).to_owned();
             self.sink.push_status(&self.marker_subject, "100 Caught Up", &[(headers::LAST_SEQUENCE, last.as_bytes())]);
             *marked = true;
         }
@@ -364,5 +366,58 @@ pub(super) async fn last(store: Arc<Store>, head: u64, subject: Bytes, sink: Sin
             warn!(%error, "get-last failed to read the log");
             sink.push_status(&reply, "500 Storage Failure", &[]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::Pending;
+
+    fn event(seq: u64) -> Event {
+        Event {
+            seq,
+            timestamp: 1_700_000_000_000_000_000,
+            revision: seq,
+            subject: Bytes::from_static(b"a.b"),
+            headers: None,
+            payload: Bytes::from_static(b"x"),
+        }
+    }
+
+    /// The `Nats-Sequence` of each delivered event, and where the caught-up marker came
+    /// with its `Nats-Last-Sequence`.
+    fn delivered(outbound: &Outbound) -> (Vec<u64>, Option<(usize, u64)>) {
+        let mut pending = Pending::default();
+        outbound.take(&mut pending);
+        let text = String::from_utf8(pending.encoded.to_vec()).expect("utf-8");
+        let (mut seqs, mut marker) = (Vec::new(), None);
+        for line in text.lines() {
+            let number = |prefix: &str| line.strip_prefix(prefix).map(|n| n.parse::<u64>().expect("number"));
+            if let Some(seq) = number("Nats-Sequence: ") {
+                seqs.push(seq);
+            } else if let Some(last) = number("Nats-Last-Sequence: ") {
+                marker = Some((seqs.len(), last));
+            }
+        }
+        (seqs, marker)
+    }
+
+    /// The head moves before the writer's fan-out offers the new events, so a replay can
+    /// finish at 5 and go live while the head already reads 10: events 6 to 10 then come
+    /// after the marker, which must not claim them.
+    #[test]
+    fn the_marker_names_what_came_before_it_even_when_the_head_ran_ahead() {
+        let outbound = Arc::new(Outbound::new(1 << 20));
+        let sink = Sink { outbound: Arc::clone(&outbound), sid: Bytes::from_static(b"1") };
+        let filter = Filter::new(Bytes::from_static(b">")).expect("filter");
+        let catch_up = CatchUp::new(1, filter, sink, Bytes::from_static(b">"), 5);
+        let mut marked = false;
+        assert!(catch_up.go_live(&mut marked));
+        for seq in 6..=10 {
+            catch_up.offer(&event(seq));
+        }
+        let (seqs, marker) = delivered(&outbound);
+        assert_eq!((seqs, marker), ((6..=10).collect(), Some((0, 5))));
     }
 }
