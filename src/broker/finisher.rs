@@ -18,8 +18,10 @@ use super::delivery::{Committed, Delivery};
 use crate::store::Store;
 
 /// Batches that may wait for the finisher before the writer waits too, so a slow disk or
-/// delivery holds publishers back instead of piling batches up in memory.
-const QUEUE_DEPTH: usize = 16;
+/// delivery holds publishers back instead of piling batches (up to `MAX_BATCH_BYTES` of
+/// payload each) up in memory; meanwhile the writer's own queue fills, and its next batch
+/// takes all of it.
+const QUEUE_DEPTH: usize = 4;
 
 pub(super) struct Finisher {
     sender: Option<SyncSender<Committed>>,
