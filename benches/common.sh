@@ -71,8 +71,11 @@ print_header() {
     echo "# $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty')"
     echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
     echo "# nats-server $("$NATS_SERVER" --version | awk '{print $2}')"
-    echo "# load before: $(uptime | sed 's/.*load average/load average/')"
+    echo "# load before: $(load_average)"
 }
+
+# load_average: the machine's load, quoted before and after the runs (it is shared).
+load_average() { uptime | sed 's/.*load average/load average/'; }
 
 # hwm PID: a process's peak resident memory, for the report's last line.
 hwm() { awk '/^VmHWM/ {printf "%.1f MiB", $2 / 1024}' "/proc/$1/status" 2>/dev/null || echo "?"; }

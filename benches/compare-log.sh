@@ -111,7 +111,7 @@ for rep in $(seq "$REPEATS"); do
     done
 done
 
-echo "# load after: $(uptime | sed 's/.*load average/load average/')"
+echo "# load after: $(load_average)"
 echo
 python3 - "$results" <<'EOF'
 import json, statistics, sys

@@ -62,7 +62,7 @@ print((r["sub_msg_per_sec"] or {"median": 0})["median"], r["lost"])' "$out")
     done
 done
 
-echo "# load after: $(uptime | sed 's/.*load average/load average/')"
+echo "# load after: $(load_average)"
 echo
 python3 - "$results" <<'EOF'
 import statistics, sys
