@@ -163,7 +163,7 @@ fn verify_log(dir: &Path, ledger: &Ledger) -> u64 {
     let max_acked = ledger.acked.iter().map(|a| a.seq).max().unwrap_or(0);
     assert!(last >= max_acked, "the log ends at {last}, but seq {max_acked} was acknowledged");
     // Acknowledgements wait for the high-water mark, so it covers every acknowledged event.
-    assert!(store.acknowledged() >= max_acked, "high-water mark {} < acked {max_acked}", store.acknowledged());
+    assert!(store.high_water_mark() >= max_acked, "high-water mark {} < acked {max_acked}", store.high_water_mark());
 
     // Gapless from 1, every event one that was sent, none twice, revisions counting per subject.
     let mut seen = HashSet::new();

@@ -1,6 +1,6 @@
 //! The second half of the write path: a committed batch is made visible (the head moves),
 //! fanned out live in sequence order, and acknowledged. Under `--fsync always` this runs on
-//! the finisher thread once the high-water mark covers the batch; otherwise on the writer
+//! the finisher thread once the write-ahead log's fsync covers the batch; otherwise on the writer
 //! thread right after the commit.
 
 use std::sync::Arc;

@@ -1,11 +1,10 @@
 //! Under `--fsync always`, the finisher thread makes committed batches durable, then
 //! delivers and acknowledges them.
 //!
-//! Every acknowledgement waits for two fsyncs in order: the log's, then the high-water
-//! mark's (so the mark never claims more than the log holds). The writer only writes
+//! Every acknowledgement waits for the fsync of the write-ahead log. The writer only writes
 //! batches to the OS and goes on admitting; the finisher takes every batch queued for it,
-//! so one pair of fsyncs covers all the batches written while the previous pair ran: the
-//! busier the log, the bigger the group.
+//! so one fsync covers all the batches written while the previous one ran: the busier the
+//! log, the bigger the group.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,7 +77,7 @@ fn run(
         let group: Vec<Committed> = std::iter::once(first).chain(receiver.try_iter()).collect();
         let head = group.iter().map(|batch| batch.head).max().unwrap_or(0);
         // A group of calls only (no new events) needs no fsync.
-        let synced = if head > durable { store.sync().and_then(|()| store.mark_acknowledged(head)) } else { Ok(()) };
+        let synced = if head > durable { store.sync() } else { Ok(()) };
         if let Err(failure) = synced {
             error!(error = %failure, "cannot make the log durable; no more events will be acknowledged");
             failed.store(true, Ordering::Relaxed);

@@ -8,6 +8,7 @@
 //! stores it and routes it the same way once it is durable.
 
 mod catchup;
+mod checkpoint;
 mod delivery;
 mod error;
 mod finisher;

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::error;
 
 use super::Outbound;
+use super::checkpoint::Checkpointer;
 use super::delivery::{Admitted, Committed, Completion, Delivery};
 use super::finisher::Finisher;
 use super::router::Router;
@@ -177,6 +178,7 @@ impl Timeline {
             )?),
             FsyncPolicy::Interval(_) | FsyncPolicy::Never => Finishing::Inline,
         };
+        let checkpointer = Checkpointer::start(Arc::clone(&store), Arc::clone(&failed), fatal.clone())?;
         let mut writer = Writer {
             max_batch_bytes: config.max_batch_bytes,
             store,
@@ -191,6 +193,7 @@ impl Timeline {
             fatal,
             delivery,
             finishing,
+            checkpointer,
         };
         writer.load_dedup_window()?;
         let thread = std::thread::Builder::new().name("timeline-writer".into()).spawn(move || writer.run(receiver))?;
@@ -255,14 +258,15 @@ struct Writer {
     fatal: CancellationToken,
     delivery: Delivery,
     finishing: Finishing,
+    checkpointer: Checkpointer,
 }
 
 /// Where a committed batch is delivered and acknowledged.
 enum Finishing {
     /// On the writer thread, right after the commit: `interval` and `never` have no
-    /// high-water mark to record first, and a thread hop would only add latency.
+    /// fsync to wait for, and a thread hop would only add latency.
     Inline,
-    /// On the finisher thread, once the high-water mark covers it (`always`).
+    /// On the finisher thread, once the write-ahead log's fsync covers it (`always`).
     Finisher(Finisher),
 }
 
@@ -301,6 +305,7 @@ impl Writer {
             }
         }
         self.stop_finisher();
+        self.checkpointer.stop();
     }
 
     /// Lets the finisher deliver what it holds and stops it (before anything later is
@@ -357,7 +362,7 @@ impl Writer {
             }
         }
         if sync {
-            let synced = self.store.sync().and_then(|()| self.store.mark_acknowledged(self.head));
+            let synced = self.store.sync();
             if let Err(failure) = synced {
                 self.fail(completions, None);
                 return Err(failure);

@@ -12,10 +12,10 @@ pub enum StoreError {
     #[error("event {seq} is corrupt (checksum or framing mismatch)")]
     Corrupt { seq: u64 },
     #[error(
-        "the log ends at sequence {head} but sequence {acknowledged} was acknowledged as durable: \
+        "the log ends at sequence {head} but the high-water mark records sequence {marked} as durable: \
          refusing to serve a log that lost acknowledged events (restore the data directory from a backup)"
     )]
-    LostAcknowledged { head: u64, acknowledged: u64 },
+    LostAcknowledged { head: u64, marked: u64 },
     #[error(
         "the log holds events but the high-water-mark file {path} is missing: refusing to start \
          (restore the file, or move the log away to start empty)"

@@ -2,6 +2,10 @@
 //! Synchronous and network-free; call it from the timeline writer thread or from
 //! `spawn_blocking`, never on a tokio worker.
 //!
+//! Every batch is first written to the write-ahead log (see [`wal`]), whose fsync is what an
+//! acknowledgement waits for, and then to fjall without an fsync; checkpoints make fjall
+//! durable and let the write-ahead log reuse its segments.
+//!
 //! Keyspaces (integers big-endian, so keys sort numerically):
 //! - `events`: `first seq` -> a run of consecutive events (see [`run`]): a batch becomes a
 //!   few values, not one per event, and appends and replays cost per run, not per event.
@@ -17,11 +21,13 @@ mod event;
 mod hwm;
 mod index;
 mod run;
+mod wal;
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode, Slice};
 
 use crate::subject::{Filter, matches};
@@ -30,7 +36,8 @@ pub use error::StoreError;
 pub use event::Event;
 use hwm::HighWaterMark;
 use index::{RunIndex, be_u64, entry_seqs, is_exact, key_seq, literal_prefix, name_of, seq_range};
-use run::{RUN_BYTES, RUN_EVENTS, Run, push_record};
+use run::{RUN_BYTES, RUN_EVENTS, Run};
+use wal::{Encoded, Recovered, Wal};
 
 /// A message id remembered for deduplication.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,20 +72,25 @@ pub struct Store {
     index: Keyspace,
     dedup: Keyspace,
     high_water: Mutex<HighWaterMark>,
+    wal: Mutex<Wal>,
+    /// The last sequence written to fjall: what a checkpoint covers.
+    committed: AtomicU64,
 }
 
 impl Store {
-    /// Opens (or creates) the log in `dir` and checks it against the high-water mark.
+    /// Opens (or creates) the log in `dir`, replays into fjall what only the write-ahead log
+    /// holds, checks the result against the high-water mark, and checkpoints it.
     ///
     /// A directory whose first initialisation never completed (no high-water mark yet) is
     /// treated as empty, so a crash during the very first start cannot leave it unopenable.
     ///
     /// # Errors
     /// Engine and I/O failures; [`StoreError::LostAcknowledged`] if the log ends before the
-    /// last acknowledged sequence; [`StoreError::Corrupt`] if the last event is corrupt.
+    /// high-water mark; [`StoreError::Corrupt`] if the last event is corrupt.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)?;
         let log_dir = dir.join("log");
+        let wal_dir = dir.join("wal");
         let mark_path = dir.join("high-water-mark");
         let fresh = !mark_path.exists();
         if fresh && log_dir.exists() {
@@ -86,6 +98,10 @@ impl Store {
                 return Err(StoreError::MissingHighWaterMark { path: mark_path.display().to_string() });
             }
             std::fs::remove_dir_all(&log_dir)?;
+        }
+        if fresh && wal_dir.exists() {
+            // Appends start only once the mark exists, so this holds no record.
+            std::fs::remove_dir_all(&wal_dir)?;
         }
         let db = Database::builder(&log_dir).cache_size(CACHE_BYTES).open()?;
         let options = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
@@ -101,16 +117,55 @@ impl Store {
         } else {
             HighWaterMark::open(&mark_path)?
         };
-        let store = Store { db, events, index, dedup, high_water: Mutex::new(high_water) };
+        let wal = Wal::open(&wal_dir)?;
+        let store = Store {
+            db,
+            events,
+            index,
+            dedup,
+            high_water: Mutex::new(high_water),
+            wal: Mutex::new(wal),
+            committed: AtomicU64::new(0),
+        };
+        let recovered = store.lock_wal().recover(store.last_seq()?)?;
+        for record in recovered {
+            store.replay(record)?;
+        }
         let head = store.last_seq()?;
-        let acknowledged = store.acknowledged();
-        if head < acknowledged {
-            return Err(StoreError::LostAcknowledged { head, acknowledged });
+        let marked = store.high_water_mark();
+        if head < marked {
+            return Err(StoreError::LostAcknowledged { head, marked });
         }
         if head > 0 {
             store.get(head)?;
         }
+        // A checkpoint of everything recovered, so every segment can be reused.
+        store.db.persist(PersistMode::SyncData)?;
+        store.lock_mark().advance(head)?;
+        store.committed.store(head, Ordering::Release);
+        store.lock_wal().start(head)?;
         Ok(store)
+    }
+
+    /// Writes a record read back from the write-ahead log into fjall.
+    fn replay(&self, record: Recovered) -> Result<(), StoreError> {
+        let run = Run::parse(record.first, record.events.clone())?;
+        if run.last() != record.first + record.count - 1 {
+            return Err(StoreError::Corrupt { seq: record.first });
+        }
+        let events = (run.first()..=run.last())
+            .map(|seq| run.event(seq)?.ok_or(StoreError::Corrupt { seq }))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ends: Vec<usize> = run.record_ends().collect();
+        self.commit(&events, &record.events, &ends, &record.dedup, &[])
+    }
+
+    fn lock_wal(&self) -> MutexGuard<'_, Wal> {
+        self.wal.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_mark(&self) -> MutexGuard<'_, HighWaterMark> {
+        self.high_water.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The last sequence in the log (0 when empty); found with one seek, not a scan.
@@ -127,41 +182,60 @@ impl Store {
         }
     }
 
-    /// The last sequence recorded as acknowledged-durable.
-    pub fn acknowledged(&self) -> u64 {
-        self.high_water.lock().unwrap_or_else(std::sync::PoisonError::into_inner).last()
+    /// The high-water mark: the log is known to hold every event up to it durably. It is
+    /// advanced by checkpoints, so it may trail the last acknowledgement by one checkpoint
+    /// interval; the write-ahead log's own checksums cover the events after it.
+    pub fn high_water_mark(&self) -> u64 {
+        self.lock_mark().last()
     }
 
     /// Writes `events` (consecutive sequences, subjects already validated) with their index
-    /// entries, plus new dedup entries and the removal of expired ones, as ONE atomic batch.
-    /// It reaches the OS before this returns (so it survives the process being killed); call
-    /// [`Store::sync`] to make it survive a power loss. Keeping the fsync out of the batch
-    /// lets one fsync cover every batch written while the previous fsync ran.
+    /// entries, plus new dedup entries and the removal of expired ones. The events and
+    /// their dedup entries go to the write-ahead log as one record, then everything to fjall
+    /// as ONE atomic batch. Both reach the OS before this returns (so they survive the
+    /// process being killed); call [`Store::sync`] to make them survive a power loss.
+    /// Keeping the fsync out of the append lets one fsync cover every batch written while
+    /// the previous fsync ran.
     ///
     /// # Errors
     /// Any failure is fatal for the log (fjall poisons the database): stop acknowledging.
     pub fn append(&self, events: &[Event], dedup: &[DedupEntry], expired: &[Slice]) -> Result<(), StoreError> {
+        let mut encoded = Encoded::new(events, dedup);
+        if let (Some(first), Some(last)) = (events.first(), events.last()) {
+            self.lock_wal().append(&mut encoded, first.seq, last.seq)?;
+        }
+        self.commit(events, encoded.events(), encoded.ends(), dedup, expired)?;
+        if let Some(last) = events.last() {
+            self.committed.store(last.seq, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Writes one batch to fjall, cutting `encoded` (the events' run records, each ending
+    /// at its entry in `ends`) into runs.
+    fn commit(
+        &self,
+        events: &[Event],
+        encoded: &[u8],
+        ends: &[usize],
+        dedup: &[DedupEntry],
+        expired: &[Slice],
+    ) -> Result<(), StoreError> {
         // Never leave durability unset: fjall then keeps the batch in its own buffer, and
         // a killed process loses it.
         let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
-        // Built in one reused buffer and copied out at its exact size: the memtable keeps
-        // the value, and a split-off buffer would pin the whole allocation with it.
-        let mut run = BytesMut::with_capacity(RUN_BYTES + 4096);
-        let mut run_events = 0;
         let mut index = RunIndex::default();
-        for (i, event) in events.iter().enumerate() {
-            push_record(&mut run, event);
+        let (mut run_start, mut run_events) = (0, 0);
+        for (i, (event, &end)) in events.iter().zip(ends).enumerate() {
             index.add(&event.subject, event.seq, event.revision);
             run_events += 1;
-            let last = i + 1 == events.len();
-            if last || run.len() >= RUN_BYTES || run_events == RUN_EVENTS {
+            if i + 1 == events.len() || end - run_start >= RUN_BYTES || run_events == RUN_EVENTS {
                 let first = event.seq + 1 - run_events as u64;
-                batch.insert(&self.events, first.to_be_bytes(), Slice::from(&run[..]));
-                run.clear();
+                batch.insert(&self.events, first.to_be_bytes(), Slice::from(&encoded[run_start..end]));
                 for (key, value) in index.drain() {
                     batch.insert(&self.index, key, value);
                 }
-                run_events = 0;
+                (run_start, run_events) = (end, 0);
             }
         }
         for entry in dedup {
@@ -177,21 +251,42 @@ impl Store {
         Ok(())
     }
 
-    /// fdatasyncs everything appended so far.
+    /// fdatasyncs the write-ahead log: every event appended so far becomes durable.
     ///
     /// # Errors
     /// Fatal, as for [`Store::append`].
     pub fn sync(&self) -> Result<(), StoreError> {
-        self.db.persist(PersistMode::SyncData)?;
+        // Outside the lock: appends go on while the disk works.
+        let files = self.lock_wal().take_unsynced();
+        for file in files {
+            file.sync_data()?;
+        }
         Ok(())
     }
 
-    /// Records that every event up to `seq` is durable and acknowledged (fsynced).
+    /// Makes fjall itself durable up to the last append, advances the high-water mark to
+    /// it, and lets the write-ahead log reuse the segments that only held events before it
+    /// (preparing a new one if none is left to reuse).
     ///
     /// # Errors
     /// Fatal, as for [`Store::append`].
-    pub fn mark_acknowledged(&self, seq: u64) -> Result<(), StoreError> {
-        self.high_water.lock().unwrap_or_else(std::sync::PoisonError::into_inner).advance(seq)
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        let committed = self.committed.load(Ordering::Acquire);
+        if committed <= self.high_water_mark() {
+            return Ok(());
+        }
+        self.db.persist(PersistMode::SyncData)?;
+        self.lock_mark().advance(committed)?;
+        let spare = {
+            let mut wal = self.lock_wal();
+            wal.release(committed);
+            wal.spare_path()
+        };
+        if let Some(path) = spare {
+            let segment = wal::Segment::create(&path, true)?;
+            self.lock_wal().add_spare(segment);
+        }
+        Ok(())
     }
 
     /// The event at `seq`.

@@ -61,6 +61,11 @@ impl Run {
         self.first + self.records.len() as u64 - 1
     }
 
+    /// Where each record ends in the value: the run's events can be cut into smaller runs.
+    pub(super) fn record_ends(&self) -> impl Iterator<Item = usize> + '_ {
+        self.records.iter().map(|&(_, end)| end)
+    }
+
     /// The event at `seq`, if this run holds it.
     ///
     /// # Errors

@@ -137,7 +137,7 @@ fn empty_store_has_nothing() {
     let dir = TempDir::new().expect("temp dir");
     let store = Store::open(dir.path()).expect("opens");
     assert_eq!(store.last_seq().expect("last"), 0);
-    assert_eq!(store.acknowledged(), 0);
+    assert_eq!(store.high_water_mark(), 0);
     assert_eq!(store.get(1).expect("get"), None);
     assert!(store.read(&filter(">"), 1, 10, 10).expect("reads").events.is_empty());
     assert_eq!(store.first_at_or_after(0, 0).expect("search"), 1);
@@ -390,46 +390,47 @@ fn reopen_keeps_events_indexes_and_dedup_and_appends_continue() {
 }
 
 #[test]
-fn acknowledged_mark_survives_reopen_and_never_goes_back() {
+fn high_water_mark_follows_checkpoints_and_reopens() {
     let f = filled(10);
-    f.store.mark_acknowledged(7).expect("marks");
-    f.store.mark_acknowledged(5).expect("marks");
-    assert_eq!(f.store.acknowledged(), 7);
+    assert_eq!(f.store.high_water_mark(), 0, "appends and syncs alone leave the mark");
+    f.store.checkpoint().expect("checkpoints");
+    assert_eq!(f.store.high_water_mark(), 10);
     let Fixture { store, dir, .. } = f;
     drop(store);
 
     let store = Store::open(dir.path()).expect("reopens");
-    assert_eq!(store.acknowledged(), 7);
-    store.mark_acknowledged(10).expect("marks");
+    assert_eq!(store.high_water_mark(), 10);
+    store.append(&make_events(16)[10..], &[], &[]).expect("appends");
     drop(store);
-    assert_eq!(Store::open(dir.path()).expect("reopens").acknowledged(), 10);
+    // Start-up checkpoints whatever it found past the mark.
+    assert_eq!(Store::open(dir.path()).expect("reopens").high_water_mark(), 16);
 }
 
 #[test]
 fn reopen_refuses_a_log_shorter_than_the_acknowledged_mark() {
     let Fixture { store, dir, .. } = filled(10);
-    store.mark_acknowledged(10).expect("marks");
+    store.checkpoint().expect("checkpoints");
     drop(store);
     let mark = dir.path().join("high-water-mark");
     assert_eq!(std::fs::read(&mark).expect("mark"), mark_record(10), "mark format");
 
     std::fs::write(&mark, mark_record(20)).expect("writes mark");
     let error = open_err(dir.path());
-    assert!(matches!(error, StoreError::LostAcknowledged { head: 10, acknowledged: 20 }), "{error:?}");
+    assert!(matches!(error, StoreError::LostAcknowledged { head: 10, marked: 20 }), "{error:?}");
 
     // The refusal destroyed nothing: with the true mark back, the log opens whole.
     std::fs::write(&mark, mark_record(10)).expect("writes mark");
     let store = Store::open(dir.path()).expect("reopens");
-    assert_eq!((store.last_seq().expect("last"), store.acknowledged()), (10, 10));
+    assert_eq!((store.last_seq().expect("last"), store.high_water_mark()), (10, 10));
 }
 
 #[test]
 fn reopen_refuses_a_torn_or_corrupt_mark() {
     let Fixture { store, dir, .. } = filled(10);
-    store.mark_acknowledged(9).expect("marks");
+    store.checkpoint().expect("checkpoints");
     drop(store);
     let mark = dir.path().join("high-water-mark");
-    let good = mark_record(9);
+    let good = mark_record(10);
 
     let mut damaged: Vec<Vec<u8>> = (0..good.len())
         .map(|i| {
@@ -447,7 +448,7 @@ fn reopen_refuses_a_torn_or_corrupt_mark() {
 
     std::fs::write(&mark, &good).expect("writes mark");
     let store = Store::open(dir.path()).expect("reopens");
-    assert_eq!((store.last_seq().expect("last"), store.acknowledged()), (10, 9));
+    assert_eq!((store.last_seq().expect("last"), store.high_water_mark()), (10, 10));
 }
 
 #[test]
@@ -459,10 +460,123 @@ fn half_initialised_directory_opens_as_a_fresh_log() {
     std::fs::write(log.join("keyspaces").join("0"), b"junk").expect("writes junk");
 
     let store = Store::open(dir.path()).expect("opens a half-initialised dir");
-    assert_eq!((store.last_seq().expect("last"), store.acknowledged()), (0, 0));
+    assert_eq!((store.last_seq().expect("last"), store.high_water_mark()), (0, 0));
     store.append(&make_events(3), &[], &[]).expect("appends");
     drop(store);
     assert_eq!(Store::open(dir.path()).expect("reopens").last_seq().expect("last"), 3);
+}
+
+/// Removes from fjall every event after `after` with its index entries, as a crash that lost
+/// fjall's unsynced tail would (`after` must end a batch: a fjall batch is atomic).
+fn lose_fjall_tail(dir: &Path, after: u64) {
+    let db = Database::builder(dir.join("log")).open().expect("opens fjall");
+    for name in ["events", "index"] {
+        let keyspace = db.keyspace(name, KeyspaceCreateOptions::default).expect("keyspace");
+        let keys: Vec<Slice> = keyspace.iter().map(|guard| guard.key().expect("key")).collect();
+        for key in keys.into_iter().filter(|key| super::key_seq(key) > after) {
+            keyspace.remove(key).expect("removes");
+        }
+    }
+    db.persist(fjall::PersistMode::SyncAll).expect("persists");
+}
+
+/// The write-ahead log's segment files.
+fn wal_segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let entries = std::fs::read_dir(dir.join("wal")).expect("wal dir");
+    entries.map(|entry| entry.expect("entry").path()).collect()
+}
+
+/// Flips a byte inside the write-ahead log's copy of `needle`, as a bad sector would.
+fn damage_wal(dir: &Path, needle: &[u8]) {
+    for path in wal_segments(dir) {
+        let mut bytes = std::fs::read(&path).expect("reads segment");
+        if let Some(at) = bytes.windows(needle.len()).position(|window| window == needle) {
+            bytes[at] ^= 0x01;
+            std::fs::write(&path, bytes).expect("writes segment");
+            return;
+        }
+    }
+    panic!("{} is not in the write-ahead log", String::from_utf8_lossy(needle));
+}
+
+#[test]
+fn events_only_the_write_ahead_log_holds_are_replayed_at_open() {
+    let Fixture { store, events, dir } = filled(300);
+    drop(store);
+    assert!(wal_segments(dir.path()).len() > 2, "the test spans several segments");
+    lose_fjall_tail(dir.path(), 0);
+
+    let store = Store::open(dir.path()).expect("reopens");
+    assert_eq!((store.last_seq().expect("last"), store.high_water_mark()), (300, 300));
+    for text in FILTERS.split_whitespace() {
+        assert_eq!(read_paged(&store, text, 1, 300, 50), naive(&events, text, 1, 300), "{text}");
+    }
+    let expected = events.iter().rfind(|e| &e.subject[..] == b"orders").map(|e| (e.seq, e.revision));
+    assert_eq!(store.last_of_subject(b"orders", 300).expect("last"), expected, "index entries replayed");
+}
+
+#[test]
+fn checkpointed_segments_are_reused_and_the_tail_after_them_replays() {
+    let dir = TempDir::new().expect("temp dir");
+    let store = Store::open(dir.path()).expect("opens");
+    let events = make_events(650);
+    for (i, batch) in events[..600].chunks(10).enumerate() {
+        store.append(batch, &[], &[]).expect("appends");
+        store.sync().expect("syncs");
+        if i % 5 == 4 {
+            store.checkpoint().expect("checkpoints");
+        }
+    }
+    assert_eq!(store.high_water_mark(), 600);
+    // About ten segments' worth went through the log; checkpoints freed them for reuse.
+    assert!(wal_segments(dir.path()).len() <= 4, "{} segments", wal_segments(dir.path()).len());
+    for batch in events[600..].chunks(10) {
+        store.append(batch, &[], &[]).expect("appends");
+    }
+    store.sync().expect("syncs");
+    drop(store);
+    lose_fjall_tail(dir.path(), 600);
+
+    let store = Store::open(dir.path()).expect("reopens");
+    assert_eq!(store.last_seq().expect("last"), 650);
+    assert_eq!(read_paged(&store, ">", 1, 650, 100), events);
+}
+
+#[test]
+fn recovery_stops_at_a_damaged_record_and_never_resumes_past_it() {
+    // Batches end at 7, 27, 28, 35 and 48, so the log's first segment starts with records
+    // of 1..=7, 8..=27, 28, 29..=35.
+    let Fixture { store, events, dir } = filled(EVENTS);
+    drop(store);
+    let segment = wal_segments(dir.path()).into_iter().min().expect("a segment");
+    let bytes = std::fs::read(&segment).expect("reads segment");
+    let record_end =
+        |start: usize| start + 8 + u32::from_be_bytes(bytes[start..start + 4].try_into().expect("4")) as usize;
+    let (start_28, start_29) = (record_end(record_end(0)), record_end(record_end(record_end(0))));
+    let overhead = start_29 - start_28 - events[27].encoded_len();
+
+    // A crash lost fjall's tail after 27 and damaged the log's record of event 28, while
+    // the records of 29..=48 after it are intact (never acknowledged: an ack waits for an
+    // fsync that covers 28 too).
+    lose_fjall_tail(dir.path(), 27);
+    damage_wal(dir.path(), b"payload 28");
+    let store = Store::open(dir.path()).expect("opens");
+    assert_eq!(store.last_seq().expect("last"), 27);
+    assert_eq!(read_paged(&store, ">", 1, 48, 100), events[..27]);
+
+    // The log goes on with another event 28, sized so that its record, written over the
+    // start of the reused segment, ends exactly where the old record of 29..=35 begins.
+    let fixed = events[27].encoded_len() - events[27].payload.len();
+    let payload = Bytes::from("y".repeat(start_29 - overhead - fixed));
+    let replacement = Event { payload, ..events[27].clone() };
+    store.append(std::slice::from_ref(&replacement), &[], &[]).expect("appends");
+    drop(store);
+
+    // After the same crash again, the new 28 comes back and none of the old 29..=48.
+    lose_fjall_tail(dir.path(), 27);
+    let store = Store::open(dir.path()).expect("reopens");
+    assert_eq!(store.last_seq().expect("last"), 28);
+    assert_eq!(store.get(28).expect("get"), Some(replacement));
 }
 
 /// Rewrites stored runs with fjall directly (the `log` dir and `events` keyspace are the
@@ -538,7 +652,7 @@ fn subject_with_nul_byte_never_reaches_the_store() {
 #[test]
 fn missing_mark_file_with_a_populated_log_is_refused_not_erased() {
     let Fixture { store, dir, .. } = filled(10);
-    store.mark_acknowledged(10).expect("marks");
+    store.checkpoint().expect("checkpoints");
     drop(store);
     std::fs::remove_file(dir.path().join("high-water-mark")).expect("removes mark");
 

@@ -1,0 +1,58 @@
+//! The checkpoint thread: makes fjall durable at a steady pace, so the write-ahead log can
+//! reuse its segments and the high-water mark keeps up with the log.
+//!
+//! Acknowledgements never wait for it: they wait only for the write-ahead log's fsync. A
+//! short interval keeps each fjall fsync small (a burst of megabytes would stall the
+//! write-ahead log's next fsync behind it) and bounds what start-up replays after a crash.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, Sender, channel};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::error;
+
+use crate::store::Store;
+
+/// Time between checkpoints.
+const INTERVAL: Duration = Duration::from_millis(100);
+
+pub(super) struct Checkpointer {
+    stop: Option<Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Starts the thread. If a checkpoint fails, it sets `failed` and cancels `fatal`.
+    pub(super) fn start(
+        store: Arc<Store>,
+        failed: Arc<AtomicBool>,
+        fatal: CancellationToken,
+    ) -> std::io::Result<Checkpointer> {
+        let (stop, stopped) = channel::<()>();
+        let thread = std::thread::Builder::new().name("checkpoint".into()).spawn(move || {
+            loop {
+                let last = matches!(stopped.recv_timeout(INTERVAL), Err(RecvTimeoutError::Disconnected));
+                if let Err(failure) = store.checkpoint() {
+                    error!(error = %failure, "cannot checkpoint the log; no more events will be acknowledged");
+                    failed.store(true, Ordering::Relaxed);
+                    fatal.cancel();
+                    return;
+                }
+                if last {
+                    return;
+                }
+            }
+        })?;
+        Ok(Checkpointer { stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// Takes a last checkpoint (so the next start has nothing to replay) and stops.
+    pub(super) fn stop(&mut self) {
+        self.stop = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
