@@ -2,8 +2,9 @@
 //! answered with a storage failure, nothing is acknowledged after it, the server exits
 //! non-zero, and every event it did acknowledge is in the log, intact.
 //!
-//! The full disk is a 3 MiB tmpfs, mounted with `mount`, which needs root (CI runs as
-//! root). Where mounting is refused the test says so on stderr and checks nothing.
+//! The full disk is a 24 MiB tmpfs (the write-ahead log's first segment takes 16 of them),
+//! mounted with `mount`, which needs root (CI runs as root). Where mounting is refused the
+//! test says so on stderr and checks nothing.
 
 mod common;
 
@@ -69,7 +70,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[tokio::test]
 async fn a_full_disk_stops_acknowledgements_and_loses_nothing_acknowledged() {
-    let Some(disk) = Tmpfs::mount("3M") else {
+    let Some(disk) = Tmpfs::mount("24M") else {
         eprintln!("storage_failure: skipped, cannot mount a tmpfs here (needs root)");
         return;
     };
@@ -81,7 +82,7 @@ async fn a_full_disk_stops_acknowledgements_and_loses_nothing_acknowledged() {
 
     let mut acked = Vec::new();
     let failure = loop {
-        assert!(acked.len() < 1000, "3 MiB never filled up");
+        assert!(acked.len() < 1000, "24 MiB never filled up");
         let payload = incompressible(acked.len() as u64, 40_000);
         raw.send(&format!("APUB disk.full {}\r\n{payload}\r\n", payload.len())).await;
         let line = raw.line().await;

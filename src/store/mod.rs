@@ -282,9 +282,16 @@ impl Store {
             wal.release(committed);
             wal.spare_path()
         };
+        // Without a spare, the writer creates the segment it needs itself; only a failure
+        // there, where an event waits for it, is fatal.
         if let Some(path) = spare {
-            let segment = wal::Segment::create(&path, true)?;
-            self.lock_wal().add_spare(segment);
+            match wal::Segment::create(&path) {
+                Ok(segment) => self.lock_wal().add_spare(segment),
+                Err(failure) => {
+                    tracing::warn!(error = %failure, "cannot prepare a write-ahead log segment ahead of time");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
         }
         Ok(())
     }

@@ -275,12 +275,12 @@ impl Wal {
         self.dir.join(format!("{:08}.{EXTENSION}", self.next_name - 1))
     }
 
-    /// A checkpointed segment with a new use, or, when checkpoints have fallen behind, a new
-    /// sparse one (created at once; its first pass syncs slower).
+    /// A checkpointed segment with a new use, or a new one when none is free (at the first
+    /// start, or when checkpoints have fallen behind).
     fn take_free(&mut self) -> Result<Segment, StoreError> {
         let mut segment = match self.free.pop() {
             Some(segment) => segment,
-            None => Segment::create(&self.new_path(), false)?,
+            None => Segment::create(&self.new_path())?,
         };
         segment.segment_use = rand::random();
         Ok(segment)
@@ -288,19 +288,17 @@ impl Wal {
 }
 
 impl Segment {
-    /// Creates a segment in full and fsyncs it with its directory entry, so its length
-    /// never changes again. `zeroed` writes every block, so that a sync only overwrites.
-    pub(super) fn create(path: &Path, zeroed: bool) -> Result<Segment, StoreError> {
+    /// Creates a segment filled with zeros and fsyncs it with its directory entry: every
+    /// block is allocated and its length never changes, so a sync only overwrites.
+    pub(super) fn create(path: &Path) -> Result<Segment, StoreError> {
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
-        if zeroed {
-            let zeros = vec![0u8; 1024 * 1024];
-            let mut offset = 0;
-            while offset < SEGMENT_BYTES {
-                file.write_all_at(&zeros, offset)?;
-                offset += zeros.len() as u64;
-            }
+        let zeros = vec![0u8; 1024 * 1024];
+        let mut offset = 0;
+        while offset < SEGMENT_BYTES {
+            let len = zeros.len().min(usize::try_from(SEGMENT_BYTES - offset).unwrap_or(usize::MAX));
+            file.write_all_at(&zeros[..len], offset)?;
+            offset += len as u64;
         }
-        file.set_len(SEGMENT_BYTES)?;
         file.sync_all()?;
         if let Some(dir) = path.parent() {
             File::open(dir)?.sync_all()?;
