@@ -75,6 +75,8 @@ pub struct Store {
     wal: Mutex<Wal>,
     /// The last sequence written to fjall: what a checkpoint covers.
     committed: AtomicU64,
+    /// The last sequence the write-ahead log holds durably (0 until its first sync).
+    durable: AtomicU64,
 }
 
 impl Store {
@@ -126,6 +128,7 @@ impl Store {
             high_water: Mutex::new(high_water),
             wal: Mutex::new(wal),
             committed: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
         };
         let recovered = store.lock_wal().recover(store.last_seq()?)?;
         for record in recovered {
@@ -183,8 +186,9 @@ impl Store {
     }
 
     /// The high-water mark: the log is known to hold every event up to it durably. It is
-    /// advanced by checkpoints, so it may trail the last acknowledgement by one checkpoint
-    /// interval; the write-ahead log's own checksums cover the events after it.
+    /// advanced after the fsyncs, not before each acknowledgement (see [`Store::mark_durable`]
+    /// and [`Store::checkpoint`]), so it may trail the last acknowledgement a little; the
+    /// write-ahead log's own checksums cover the events after it.
     pub fn high_water_mark(&self) -> u64 {
         self.lock_mark().last()
     }
@@ -257,11 +261,23 @@ impl Store {
     /// Fatal, as for [`Store::append`].
     pub fn sync(&self) -> Result<(), StoreError> {
         // Outside the lock: appends go on while the disk works.
-        let files = self.lock_wal().take_unsynced();
+        let (files, appended) = self.lock_wal().take_unsynced();
         for file in files {
             file.sync_data()?;
         }
+        self.durable.fetch_max(appended, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Advances the high-water mark to what the write-ahead log holds durably. Cheaper than
+    /// a checkpoint (one small fsync), so it can run often and keep the mark close behind
+    /// the acknowledgements.
+    ///
+    /// # Errors
+    /// Fatal, as for [`Store::append`].
+    pub fn mark_durable(&self) -> Result<(), StoreError> {
+        let durable = self.durable.load(Ordering::Acquire);
+        self.lock_mark().advance(durable)
     }
 
     /// Makes fjall itself durable up to the last append, advances the high-water mark to

@@ -393,6 +393,8 @@ fn reopen_keeps_events_indexes_and_dedup_and_appends_continue() {
 fn high_water_mark_follows_checkpoints_and_reopens() {
     let f = filled(10);
     assert_eq!(f.store.high_water_mark(), 0, "appends and syncs alone leave the mark");
+    f.store.mark_durable().expect("marks");
+    assert_eq!(f.store.high_water_mark(), 7, "filled(10) last synced after event 7");
     f.store.checkpoint().expect("checkpoints");
     assert_eq!(f.store.high_water_mark(), 10);
     let Fixture { store, dir, .. } = f;
@@ -400,7 +402,13 @@ fn high_water_mark_follows_checkpoints_and_reopens() {
 
     let store = Store::open(dir.path()).expect("reopens");
     assert_eq!(store.high_water_mark(), 10);
-    store.append(&make_events(16)[10..], &[], &[]).expect("appends");
+    store.append(&make_events(12)[10..], &[], &[]).expect("appends");
+    store.mark_durable().expect("marks");
+    assert_eq!(store.high_water_mark(), 10, "an append not yet synced is not marked");
+    store.sync().expect("syncs");
+    store.mark_durable().expect("marks");
+    assert_eq!(store.high_water_mark(), 12);
+    store.append(&make_events(16)[12..], &[], &[]).expect("appends");
     drop(store);
     // Start-up checkpoints whatever it found past the mark.
     assert_eq!(Store::open(dir.path()).expect("reopens").high_water_mark(), 16);

@@ -246,11 +246,12 @@ impl Wal {
         Ok(())
     }
 
-    /// The files to fdatasync so that every record appended so far is durable.
-    pub(super) fn take_unsynced(&mut self) -> Vec<Arc<File>> {
+    /// The files to fdatasync so that every record appended so far is durable, and the
+    /// last sequence that makes durable.
+    pub(super) fn take_unsynced(&mut self) -> (Vec<Arc<File>>, u64) {
         let mut files = std::mem::take(&mut self.retired);
         files.extend(self.live.last().map(|active| Arc::clone(&active.file)));
-        files
+        (files, self.live.last().map_or(0, |active| active.last))
     }
 
     /// Makes the filled segments whose records are all at or before `checkpointed` reusable.
