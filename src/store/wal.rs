@@ -44,7 +44,8 @@ const EXTENSION: &str = "wal";
 /// the runs stored in fjall.
 pub(super) struct Encoded {
     record: BytesMut,
-    events_start: usize,
+    /// Where the events part lies in `record`.
+    events: std::ops::Range<usize>,
     /// End of each event's run record, relative to the events part.
     ends: Vec<usize>,
 }
@@ -67,13 +68,14 @@ impl Encoded {
             push_record(&mut record, event);
             ends.push(record.len() - events_start);
         }
+        let events_part = events_start..record.len();
         for entry in dedup {
             record.put_u64(entry.timestamp);
             record.put_u64(entry.seq);
             record.put_u16(u16::try_from(entry.msg_id.len()).unwrap_or(u16::MAX));
             record.put_slice(&entry.msg_id);
         }
-        Encoded { record, events_start, ends }
+        Encoded { record, events: events_part, ends }
     }
 
     /// Completes the record for the segment use it is written in.
@@ -88,7 +90,7 @@ impl Encoded {
 
     /// The run records of the events, back to back.
     pub(super) fn events(&self) -> &[u8] {
-        &self.record[self.events_start..]
+        &self.record[self.events.clone()]
     }
 
     pub(super) fn ends(&self) -> &[usize] {
