@@ -8,8 +8,9 @@
 //!   bounded outbound queues, the timeline writer (conditions, group commit, fan-out after
 //!   commit, acks) and catch-up subscriptions. No sockets, no parsing.
 //! - [`protocol`]: the nom parser and the encoder of NATS ops. No I/O.
-//! - [`store`]: the fjall event log: append batches, ranged and indexed reads, the
-//!   dedup window, the high-water mark. Synchronous, no network, no protocol.
+//! - [`store`]: the event log: a write-ahead log in front of fjall, append batches,
+//!   checkpoints, ranged and indexed reads, the dedup window, the high-water mark.
+//!   Synchronous, no network, no protocol.
 //! - [`subject`]: subject validation, wildcard matching and the subscription trie.
 //! - [`bench`]: the `eventline bench` load tool for any NATS server, built on [`client`].
 //! - [`client`]: the `eventline pub`, `sub` and `fetch` commands: a small async client over

@@ -1,9 +1,10 @@
-//! The high-water mark: the last sequence acknowledged as durable, kept outside fjall.
+//! The high-water mark: the last sequence known to be durable, kept outside the log.
 //!
-//! fjall's journal can come back shorter than what was written (a corrupt record is read
-//! as the end of the journal, silently). This small fsynced file remembers how far the log
-//! reached when events were acknowledged, so start-up can refuse a log that lost some.
-//! Its existence also marks a data directory whose first initialisation completed.
+//! A log can come back shorter than what was written (fjall's journal reads a corrupt
+//! record as its end, silently, and the write-ahead log ends at a damaged record). This
+//! small fsynced file remembers how far the log was durable, a few milliseconds behind the
+//! acknowledgements, so start-up can refuse a log that lost events. Its existence also
+//! marks a data directory whose first initialisation completed.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
