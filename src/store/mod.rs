@@ -75,8 +75,10 @@ pub struct Store {
     wal: Mutex<Wal>,
     /// The last sequence written to fjall: what a checkpoint covers.
     committed: AtomicU64,
-    /// The last sequence the write-ahead log holds durably (0 until its first sync).
+    /// The last sequence made durable by a sync of the write-ahead log (or by start-up).
     durable: AtomicU64,
+    /// The last sequence fjall holds durably: what the last checkpoint covered.
+    checkpointed: AtomicU64,
 }
 
 impl Store {
@@ -129,6 +131,7 @@ impl Store {
             wal: Mutex::new(wal),
             committed: AtomicU64::new(0),
             durable: AtomicU64::new(0),
+            checkpointed: AtomicU64::new(0),
         };
         let recovered = store.lock_wal().recover(store.last_seq()?)?;
         for record in recovered {
@@ -145,7 +148,9 @@ impl Store {
         // A checkpoint of everything recovered, so every segment can be reused.
         store.db.persist(PersistMode::SyncData)?;
         store.lock_mark().advance(head)?;
-        store.committed.store(head, Ordering::Release);
+        for position in [&store.committed, &store.durable, &store.checkpointed] {
+            position.store(head, Ordering::Release);
+        }
         store.lock_wal().start(head)?;
         Ok(store)
     }
@@ -288,10 +293,12 @@ impl Store {
     /// Fatal, as for [`Store::append`].
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         let committed = self.committed.load(Ordering::Acquire);
-        if committed <= self.high_water_mark() {
+        // Not the mark: it follows the write-ahead log, which may be ahead of fjall.
+        if committed <= self.checkpointed.load(Ordering::Acquire) {
             return Ok(());
         }
         self.db.persist(PersistMode::SyncData)?;
+        self.checkpointed.store(committed, Ordering::Release);
         self.lock_mark().advance(committed)?;
         let spare = {
             let mut wal = self.lock_wal();

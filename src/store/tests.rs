@@ -531,6 +531,8 @@ fn checkpointed_segments_are_reused_and_the_tail_after_them_replays() {
     for (i, batch) in events[..600].chunks(10).enumerate() {
         store.append(batch, &[], &[]).expect("appends");
         store.sync().expect("syncs");
+        // As the server's checkpoint thread does: the mark follows every sync.
+        store.mark_durable().expect("marks");
         if i % 5 == 4 {
             store.checkpoint().expect("checkpoints");
         }
