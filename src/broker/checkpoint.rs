@@ -28,7 +28,8 @@ pub(super) struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts the thread. If a checkpoint fails, it sets `failed` and cancels `fatal`.
+    /// Starts the thread. If a checkpoint or a mark fails, it sets `failed` and cancels
+    /// `fatal`.
     pub(super) fn start(
         store: Arc<Store>,
         failed: Arc<AtomicBool>,

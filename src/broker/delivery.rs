@@ -1,7 +1,7 @@
 //! The second half of the write path: a committed batch is made visible (the head moves),
 //! fanned out live in sequence order, and acknowledged. Under `--fsync always` this runs on
-//! the finisher thread once the write-ahead log's fsync covers the batch; otherwise on the writer
-//! thread right after the commit.
+//! the finisher thread once the write-ahead log's fsync covers the batch; otherwise on the
+//! writer thread right after the commit.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
