@@ -5,7 +5,7 @@ mod common;
 
 use std::process::{Child, Command};
 
-use common::{Raw, TIMEOUT, spawn_binary};
+use common::{Raw, spawn_binary, wait_exit};
 
 fn signal(child: &Child, name: &str) {
     let status = Command::new("kill").args(["-s", name, &child.id().to_string()]).status().expect("run kill");
@@ -16,18 +16,14 @@ fn signal(child: &Child, name: &str) {
 async fn serve_announces_its_port_and_stops_on_sigterm_with_exit_0() {
     for sig in ["TERM", "INT"] {
         let data = std::env::temp_dir().join(format!("eventline-cli-{}-{sig}", std::process::id()));
-        let (mut child, addr) = spawn_binary(&data, &[]);
+        let (child, addr) = spawn_binary(&data, &[]);
         let mut client = Raw::quiet(addr).await;
         client.send("SUB greet.* 1\r\nPUB greet.joe 5\r\nhello\r\n").await;
         client.expect_lines(&["MSG greet.joe 1 5", "hello"]).await;
 
         signal(&child, sig);
         client.expect_closed().await;
-        let status = tokio::time::timeout(TIMEOUT, tokio::task::spawn_blocking(move || child.wait()))
-            .await
-            .expect("server exits in time")
-            .expect("join")
-            .expect("wait");
+        let status = wait_exit(child).await;
         assert!(status.success(), "exit status after SIG{sig}: {status:?}");
         let _ = std::fs::remove_dir_all(&data);
     }

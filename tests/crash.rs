@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use common::{Raw, TIMEOUT, parse_ack, spawn_binary};
+use common::{Raw, TIMEOUT, parse_ack, spawn_binary, wait_exit};
 use eventline::store::Store;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -53,11 +53,7 @@ impl Server {
     async fn kill(mut self) {
         let mut child = self.child.take().expect("a running server");
         child.kill().expect("SIGKILL");
-        let status = tokio::time::timeout(TIMEOUT, tokio::task::spawn_blocking(move || child.wait()))
-            .await
-            .expect("the server dies in time")
-            .expect("join")
-            .expect("wait");
+        let status = wait_exit(child).await;
         assert_eq!(status.signal(), Some(9), "the server was running until killed: {status:?}");
     }
 }

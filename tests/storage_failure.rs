@@ -10,13 +10,10 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use common::{Raw, parse_ack, spawn_binary};
+use common::{Raw, parse_ack, spawn_binary, wait_exit};
 use eventline::store::Store;
 use tempfile::TempDir;
-
-const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A small tmpfs, unmounted when dropped.
 struct Tmpfs {
@@ -76,7 +73,7 @@ async fn a_full_disk_stops_acknowledgements_and_loses_nothing_acknowledged() {
     };
     let data = disk.dir.path().join("data");
     let spawn_data = data.clone();
-    let (mut child, addr) =
+    let (child, addr) =
         tokio::task::spawn_blocking(move || spawn_binary(&spawn_data, &["--fsync", "always"])).await.expect("spawn");
     let mut raw = Raw::connect(addr).await;
 
@@ -94,11 +91,7 @@ async fn a_full_disk_stops_acknowledgements_and_loses_nothing_acknowledged() {
     assert_eq!(failure, "-NAK 'storage failure: the event was not stored'");
     assert!(acked.len() > 10, "the disk filled after only {} events", acked.len());
     raw.expect_closed().await;
-    let status = tokio::time::timeout(TIMEOUT, tokio::task::spawn_blocking(move || child.wait()))
-        .await
-        .expect("the server exits in time")
-        .expect("join")
-        .expect("wait");
+    let status = wait_exit(child).await;
     assert_eq!(status.code(), Some(1), "a storage failure is a non-zero exit: {status:?}");
 
     // The full disk cannot take fjall's recovery; read a copy of the log instead.

@@ -361,6 +361,15 @@ pub fn spawn_binary(data: &std::path::Path, extra: &[&str]) -> (std::process::Ch
     (child, addr.parse().expect("an address"))
 }
 
+/// Waits (within [`TIMEOUT`]) for a process started by [`spawn_binary`] to exit.
+pub async fn wait_exit(mut child: std::process::Child) -> std::process::ExitStatus {
+    tokio::time::timeout(TIMEOUT, tokio::task::spawn_blocking(move || child.wait()))
+        .await
+        .expect("the server exits in time")
+        .expect("join")
+        .expect("wait")
+}
+
 /// The naive NATS matcher (`*` one token, `>` the rest), the oracle for expected results.
 pub fn subject_matches(filter: &str, subject: &str) -> bool {
     let (mut filter, mut subject) = (filter.split('.'), subject.split('.'));
