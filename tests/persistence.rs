@@ -171,6 +171,49 @@ async fn apub_pipelined_in_one_write_is_acked_in_order() {
 }
 
 #[tokio::test]
+async fn a_refused_apub_is_answered_after_the_acks_of_the_apubs_before_it() {
+    let server = TestServer::start().await;
+    let mut client = publisher(&server).await;
+
+    // One write: the refusals are decided on the spot, the acks only once stored.
+    let burst = [
+        apub("order.a", "", "one"),
+        apub("_INBOX.x", "", "volatile"),
+        apub("order.a", "", "two"),
+        apub("order.*", "", "wildcard"),
+        apub("order.a", "expect-rev=x", "bad option"),
+        apub("order.a", "", "three"),
+    ];
+    client.send(&burst.concat()).await;
+    client
+        .expect_lines(&[
+            &ack(1, 1),
+            &nak("subject _INBOX.x is volatile: it is delivered but never stored"),
+            &ack(2, 2),
+            &nak("invalid subject: wildcards and empty tokens cannot be stored"),
+            &nak("option expect-rev needs a non-negative integer"),
+            &ack(3, 3),
+        ])
+        .await;
+}
+
+#[tokio::test]
+async fn acks_to_a_publisher_that_reads_late_are_all_there_in_order() {
+    let server = TestServer::start().await;
+    let mut client = publisher(&server).await;
+
+    // Enough acks to fill the socket buffers while the client does not read, so they are
+    // written in pieces, partly by the writer task.
+    let count = 60_000u64;
+    let burst: String = (0..count).map(|i| apub("late.reader", "", &i.to_string())).collect();
+    client.send(&burst).await;
+    for seq in 1..=count {
+        assert_eq!(client.line().await, ack(seq, seq), "ack {seq}");
+    }
+    assert_eq!(client.sync().await, Vec::<String>::new());
+}
+
+#[tokio::test]
 async fn a_publisher_subscribed_to_its_own_subject_gets_the_msg_before_the_ack() {
     let server = TestServer::start().await;
     let mut client = publisher(&server).await;

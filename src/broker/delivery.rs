@@ -11,21 +11,25 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tracing::warn;
 
-use super::MAX_STALL;
 use super::router::Router;
 use super::session::push_no_responders;
 use super::timeline::{AckTo, Append, Outcome, outcome_json};
+use super::{MAX_STALL, Outbound};
 use crate::protocol::{Pub, ServerOp};
 use crate::store::Event;
 
 /// An admitted append, waiting for its batch to commit.
 pub(super) struct Admitted {
-    pub append: Box<Append>,
+    pub append: Append,
     pub outcome: Outcome,
     /// Its event in the batch, if it was stored.
     pub event: Option<usize>,
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "appends are the common case; boxing them would cost an allocation per event"
+)]
 pub(super) enum Completion {
     Append(Admitted),
     /// A client's `PONG`, `SUB` or `UNSUB` that keeps its place after its own publishes.
@@ -35,7 +39,8 @@ pub(super) enum Completion {
 /// A batch written to the log, waiting to be delivered and acknowledged.
 pub(super) struct Committed {
     pub head: u64,
-    pub events: Vec<Event>,
+    /// Shared with the writer, which writes them to fjall meanwhile (see `Handoff`).
+    pub events: Arc<Vec<Event>>,
     pub completions: Vec<Completion>,
 }
 
@@ -50,21 +55,35 @@ pub(super) struct Delivery {
 
 impl Delivery {
     /// Publishes the batch's head, fans it out in sequence order, acknowledges, and runs
-    /// the calls queued with it.
+    /// the calls queued with it. A publisher's `+ACK` lines are all queued before they are
+    /// sent, so they leave in one write, from this thread if the connection's writer task
+    /// is idle.
     pub(super) fn finish(&self, committed: Committed) {
         self.head.send_replace(committed.head);
         let mut stall_budget = MAX_STALL;
+        let mut to_wake: Vec<Arc<Outbound>> = Vec::new();
         for completion in committed.completions {
             match completion {
                 Completion::Append(admitted) => {
+                    let append = &admitted.append;
                     if let Some(event) = admitted.event.and_then(|index| committed.events.get(index)) {
-                        self.fan_out(&admitted.append, event, &mut stall_budget);
+                        self.fan_out(append, event, &mut stall_budget);
                     }
-                    self.acknowledge(&admitted.append.ack, &admitted.outcome);
-                    admitted.append.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    match &append.ack {
+                        AckTo::Line(outbound) => {
+                            if outbound.push_op_unwoken(&ack_line(&admitted.outcome)) {
+                                to_wake.push(Arc::clone(outbound));
+                            }
+                        }
+                        ack => acknowledge(&self.router, ack, &admitted.outcome),
+                    }
+                    append.in_flight.fetch_sub(1, Ordering::AcqRel);
                 }
                 Completion::Call(action) => action(),
             }
+        }
+        for outbound in to_wake {
+            outbound.flush();
         }
     }
 
@@ -90,44 +109,51 @@ impl Delivery {
         }
     }
 
-    pub(super) fn acknowledge(&self, ack: &AckTo, outcome: &Outcome) {
-        match ack {
-            AckTo::Nobody => {}
-            AckTo::Line(outbound) => {
-                outbound.push_op(&match outcome {
-                    Outcome::Stored { seq, revision } => {
-                        ServerOp::Ack { seq: *seq, revision: *revision, duplicate: false }
-                    }
-                    Outcome::Duplicate { seq, revision } => {
-                        ServerOp::Ack { seq: *seq, revision: *revision, duplicate: true }
-                    }
-                    Outcome::Rejected(conflict) => ServerOp::Nak(conflict.to_string()),
-                    Outcome::Failed => ServerOp::Nak("storage failure: the event was not stored".to_owned()),
-                });
-            }
-            AckTo::Reply(subject) => {
-                let reply = Pub {
-                    subject: subject.clone(),
-                    reply: None,
-                    headers: None,
-                    payload: Bytes::from(outcome_json(outcome).to_string()),
-                };
-                self.router.route(&reply, 0, true);
-            }
-        }
-    }
-
     /// Answers every append of `completions` (and `pending`) with a storage failure: the
     /// log failed, so they are not acknowledged as stored even if they reached the disk.
-    pub(super) fn fail(&self, completions: Vec<Completion>, pending: Option<Box<Append>>) {
+    pub(super) fn fail(&self, completions: Vec<Completion>, pending: impl IntoIterator<Item = Append>) {
         warn!("answering the current batch with storage failures");
         let appends = completions.into_iter().filter_map(|c| match c {
             Completion::Append(admitted) => Some(admitted.append),
             Completion::Call(_) => None,
         });
-        for append in appends.chain(pending) {
-            self.acknowledge(&append.ack, &Outcome::Failed);
-            append.in_flight.fetch_sub(1, Ordering::AcqRel);
+        refuse(&self.router, appends.chain(pending));
+    }
+}
+
+/// Answers appends that were not stored (the log failed, or stopped) with a storage failure.
+pub(super) fn refuse(router: &Router, appends: impl IntoIterator<Item = Append>) {
+    for append in appends {
+        acknowledge(router, &append.ack, &Outcome::Failed);
+        append.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Tells the publisher how its append went, as it asked (see [`AckTo`]).
+fn acknowledge(router: &Router, ack: &AckTo, outcome: &Outcome) {
+    match ack {
+        AckTo::Nobody => {}
+        AckTo::Line(outbound) => {
+            outbound.push_op(&ack_line(outcome));
         }
+        AckTo::Reply(subject) => {
+            let reply = Pub {
+                subject: subject.clone(),
+                reply: None,
+                headers: None,
+                payload: Bytes::from(outcome_json(outcome).to_string()),
+            };
+            router.route(&reply, 0, true);
+        }
+    }
+}
+
+/// The `+ACK` or `-NAK` line answering an `APUB`.
+fn ack_line(outcome: &Outcome) -> ServerOp {
+    match outcome {
+        Outcome::Stored { seq, revision } => ServerOp::Ack { seq: *seq, revision: *revision, duplicate: false },
+        Outcome::Duplicate { seq, revision } => ServerOp::Ack { seq: *seq, revision: *revision, duplicate: true },
+        Outcome::Rejected(conflict) => ServerOp::Nak(conflict.to_string()),
+        Outcome::Failed => ServerOp::Nak("storage failure: the event was not stored".to_owned()),
     }
 }

@@ -1,10 +1,12 @@
 //! Under `--fsync always`, the finisher thread makes committed batches durable, then
 //! delivers and acknowledges them.
 //!
-//! Every acknowledgement waits for the fsync of the write-ahead log. The writer only writes
-//! batches to the OS and goes on admitting; the finisher takes every batch queued for it,
-//! so one fsync covers all the batches written while the previous one ran: the busier the
-//! log, the bigger the group.
+//! Every acknowledgement waits for the fsync of the write-ahead log. The writer hands a batch
+//! over as soon as it is in the write-ahead log and writes it to fjall while the finisher
+//! fsyncs, so the two costs overlap; the finisher delivers the batch once the writer says
+//! fjall holds it too. The finisher takes every batch queued for it, so one fsync covers
+//! all the batches written while the previous one ran: the busier the log, the bigger the
+//! group.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,22 +18,32 @@ use tracing::error;
 use super::delivery::{Committed, Delivery};
 use crate::store::Store;
 
-/// Batches that may wait for the finisher before the writer waits too, so a slow disk or
-/// delivery holds publishers back instead of piling batches (up to `MAX_BATCH_BYTES` of
-/// payload each) up in memory; meanwhile the writer's own queue fills, and its next batch
-/// takes all of it.
-const QUEUE_DEPTH: usize = 4;
+/// Handoffs that may wait for the finisher (each batch is two: written, stored) before the
+/// writer waits too, so a slow disk or delivery holds publishers back instead of piling
+/// batches (up to `MAX_BATCH_BYTES` of payload each) up in memory; meanwhile the writer's
+/// own queue fills, and its next batch takes all of it.
+const QUEUE_DEPTH: usize = 8;
+
+/// What the timeline writer tells the finisher, in this order for each batch.
+pub(super) enum Handoff {
+    /// A batch is in the write-ahead log (to the OS, not yet fsynced).
+    Written(Committed),
+    /// fjall holds every event up to this sequence, so reads find them once delivered.
+    Stored(u64),
+}
 
 pub(super) struct Finisher {
-    sender: Option<SyncSender<Committed>>,
+    sender: Option<SyncSender<Handoff>>,
     thread: Option<std::thread::JoinHandle<()>>,
     delivery: Delivery,
 }
 
 impl Finisher {
-    /// Starts the thread. If an fsync fails, it sets `failed`, cancels `fatal`, and answers
-    /// that group and every later batch with storage failures.
+    /// Starts the thread over a log whose last event is `head`. If an fsync fails, it sets
+    /// `failed`, cancels `fatal`, and answers that group and every later batch with storage
+    /// failures.
     pub(super) fn start(
+        head: u64,
         store: Arc<Store>,
         delivery: Delivery,
         failed: Arc<AtomicBool>,
@@ -41,22 +53,23 @@ impl Finisher {
         let thread_delivery = delivery.clone();
         let thread = std::thread::Builder::new()
             .name("finisher".into())
-            .spawn(move || run(&store, &thread_delivery, &receiver, &failed, &fatal))?;
+            .spawn(move || run(head, &store, &thread_delivery, &receiver, &failed, &fatal))?;
         Ok(Finisher { sender: Some(sender), thread: Some(thread), delivery })
     }
 
-    /// Hands over a committed batch, waiting while the queue is full.
-    pub(super) fn send(&self, committed: Committed) {
+    /// Hands over a batch or the word that fjall holds it, waiting while the queue is full.
+    pub(super) fn send(&self, handoff: Handoff) {
         let refused = match &self.sender {
-            Some(sender) => sender.send(committed).err().map(|refused| refused.0),
-            None => Some(committed),
+            Some(sender) => sender.send(handoff).err().map(|refused| refused.0),
+            None => Some(handoff),
         };
-        if let Some(committed) = refused {
-            self.delivery.fail(committed.completions, None);
+        if let Some(Handoff::Written(batch)) = refused {
+            self.delivery.fail(batch.completions, []);
         }
     }
 
-    /// Waits until everything handed over is delivered, then stops the thread.
+    /// Waits until everything handed over is delivered (or, without word that fjall holds
+    /// it, answered with storage failures), then stops the thread.
     pub(super) fn stop(&mut self) {
         self.sender = None;
         if let Some(thread) = self.thread.take() {
@@ -66,29 +79,63 @@ impl Finisher {
 }
 
 fn run(
+    head: u64,
     store: &Store,
     delivery: &Delivery,
-    receiver: &Receiver<Committed>,
+    receiver: &Receiver<Handoff>,
     failed: &AtomicBool,
     fatal: &CancellationToken,
 ) {
-    let mut durable = 0;
-    while let Ok(first) = receiver.recv() {
-        let group: Vec<Committed> = std::iter::once(first).chain(receiver.try_iter()).collect();
-        let head = group.iter().map(|batch| batch.head).max().unwrap_or(0);
+    // Everything before the writer started is durable and in fjall.
+    let (mut durable, mut stored) = (head, head);
+    // Batches handed over and not yet delivered, oldest first.
+    let mut group: Vec<Committed> = Vec::new();
+    let take = |handoff, group: &mut Vec<Committed>, stored: &mut u64| match handoff {
+        Handoff::Written(batch) => group.push(batch),
+        Handoff::Stored(seq) => *stored = seq,
+    };
+    loop {
+        if group.is_empty() {
+            match receiver.recv() {
+                Ok(handoff) => take(handoff, &mut group, &mut stored),
+                Err(_) => return,
+            }
+        }
+        for handoff in receiver.try_iter() {
+            take(handoff, &mut group, &mut stored);
+        }
+        let Some(head) = group.last().map(|batch| batch.head) else { continue };
         // A group of calls only (no new events) needs no fsync.
         let synced = if head > durable { store.sync() } else { Ok(()) };
         if let Err(failure) = synced {
             error!(error = %failure, "cannot make the log durable; no more events will be acknowledged");
             failed.store(true, Ordering::Relaxed);
             fatal.cancel();
-            for batch in group.into_iter().chain(receiver.iter()) {
-                delivery.fail(batch.completions, None);
+            let rest = receiver.iter().filter_map(|handoff| match handoff {
+                Handoff::Written(batch) => Some(batch),
+                Handoff::Stored(_) => None,
+            });
+            for batch in group.into_iter().chain(rest) {
+                delivery.fail(batch.completions, []);
             }
             return;
         }
         durable = head;
-        for batch in group {
+        // What the writer hands over meanwhile waits for the next group.
+        let mut next = Vec::new();
+        while stored < head {
+            match receiver.recv() {
+                Ok(handoff) => take(handoff, &mut next, &mut stored),
+                Err(_) => {
+                    // The writer stopped before fjall had them: never acknowledge them.
+                    for batch in group.into_iter().chain(next) {
+                        delivery.fail(batch.completions, []);
+                    }
+                    return;
+                }
+            }
+        }
+        for batch in std::mem::replace(&mut group, next) {
             delivery.finish(batch);
         }
     }

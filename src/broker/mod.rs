@@ -30,7 +30,7 @@ use crate::store::{Store, StoreError};
 use crate::subject::{Filter, matches};
 
 pub use error::BrokerError;
-pub use outbound::{CloseReason, Outbound, Pending, Pushed, SHARE_PAYLOADS_FROM};
+pub use outbound::{CloseReason, DirectWrite, Outbound, Pending, Pushed, SHARE_PAYLOADS_FROM};
 use router::Router;
 pub use router::Subscription;
 pub use session::Session;

@@ -9,8 +9,9 @@ use bytes::Bytes;
 use tracing::debug;
 
 use super::catchup::{self, CatchUp, Sink};
+use super::delivery::refuse;
 use super::router::Router;
-use super::timeline::{AckTo, Append, Request};
+use super::timeline::{AckTo, Append, MAX_REQUEST_APPENDS, MAX_REQUEST_BYTES, Request};
 use super::{Broker, BrokerError, Outbound, Subscription};
 use crate::protocol::{
     ClientOp, Connect, FetchRequest, Info, Pub, Query, ServerOp, Start, SubscribeRequest, publish_options, query,
@@ -34,8 +35,13 @@ pub struct Session {
     sweep_at: usize,
     /// A subscriber this session's publishing pushed lagging (see `LAGGING_AT_MOST`).
     lagging: Option<Arc<Outbound>>,
-    /// Events this client handed to the timeline writer that are not yet delivered.
+    /// Events this client handed to the timeline writer that are not yet delivered,
+    /// counting those still in `appends`.
     in_flight: Arc<AtomicUsize>,
+    /// Appends parsed but not yet handed to the writer (see [`Session::flush`]), and their
+    /// payload bytes.
+    appends: Vec<Append>,
+    append_bytes: usize,
 }
 
 /// Requests on `$EL.PUB.<subject>` store a message on `<subject>` and answer with JSON.
@@ -62,6 +68,12 @@ fn route_live(
         push_no_responders(outbound, reply, &sid);
     }
     routed.lagging
+}
+
+/// Publishes a JSON reply (a `$`-API answer) on a volatile subject.
+fn reply_json(router: &Router, client_id: u64, subject: &Bytes, body: &serde_json::Value) {
+    let reply = Pub { subject: subject.clone(), reply: None, headers: None, payload: Bytes::from(body.to_string()) };
+    router.route(&reply, client_id, true);
 }
 
 /// Queues the 503 status nats-server sends a requester whose request reached nobody.
@@ -100,6 +112,8 @@ impl Session {
             sweep_at: MIN_SWEEP,
             lagging: None,
             in_flight: Arc::new(AtomicUsize::new(0)),
+            appends: Vec::new(),
+            append_bytes: 0,
         }
     }
 
@@ -247,12 +261,11 @@ impl Session {
 
     /// `APUB`: stored, then answered with `+ACK` or `-NAK`.
     async fn publish_acknowledged(&mut self, message: Pub, options: &Bytes) {
-        let nak = |reason: String| ServerOp::Nak(reason);
         if !is_valid_subject(&message.subject) {
-            self.outbound.push_op(&nak("invalid subject: wildcards and empty tokens cannot be stored".to_owned()));
+            self.nak_in_order("invalid subject: wildcards and empty tokens cannot be stored".to_owned()).await;
         } else if self.broker.is_volatile(&message.subject) {
             let subject = String::from_utf8_lossy(&message.subject);
-            self.outbound.push_op(&nak(format!("subject {subject} is volatile: it is delivered but never stored")));
+            self.nak_in_order(format!("subject {subject} is volatile: it is delivered but never stored")).await;
         } else {
             self.store(message, options.clone(), AckTo::Line(Arc::clone(&self.outbound))).await;
         }
@@ -264,11 +277,13 @@ impl Session {
         let options = match publish_options(&line_options, message.headers.as_deref()) {
             Ok(options) => options,
             Err(reason) => {
-                match &ack {
-                    AckTo::Line(outbound) => {
-                        outbound.push_op(&ServerOp::Nak(reason));
+                match ack {
+                    AckTo::Line(_) => self.nak_in_order(reason).await,
+                    AckTo::Reply(subject) => {
+                        let router = Arc::clone(&self.broker.router);
+                        let (client_id, body) = (self.client_id, error_json(400, &reason));
+                        self.in_order(move || reply_json(&router, client_id, &subject, &body)).await;
                     }
-                    AckTo::Reply(subject) => self.reply_json(subject, &error_json(400, &reason)),
                     AckTo::Nobody => debug!(client = self.client_id, %reason, "publish refused"),
                 }
                 return;
@@ -285,17 +300,41 @@ impl Session {
         in_flight.fetch_add(1, Ordering::AcqRel);
         let publisher = self.client_id;
         let append = Append { message, options, publisher, echo: self.options.echo, ack, no_responders, in_flight };
-        if self.broker.timeline.send(Request::Append(Box::new(append))).await.is_err() {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            self.outbound.push_op(&ServerOp::Nak("storage failure: the event log is not accepting writes".to_owned()));
+        self.append_bytes += append.size();
+        self.appends.push(append);
+        if self.appends.len() >= MAX_REQUEST_APPENDS || self.append_bytes >= MAX_REQUEST_BYTES {
+            self.flush().await;
         }
+    }
+
+    /// Hands the appends parsed so far to the timeline writer, in one request. The
+    /// connection calls it once it has applied every op of a read, before it waits for
+    /// more; anything that must come after them in the writer (see [`Session::in_order`])
+    /// calls it first.
+    pub async fn flush(&mut self) {
+        if self.appends.is_empty() {
+            return;
+        }
+        self.append_bytes = 0;
+        let appends = std::mem::take(&mut self.appends);
+        if let Err(request) = self.broker.timeline.send(Request::Appends(appends)).await {
+            refuse(&self.broker.router, request.into_appends());
+        }
+    }
+
+    /// Refuses an `APUB` after the answers to this client's earlier ones: a connection's
+    /// answers come in the order of its publishes.
+    async fn nak_in_order(&mut self, reason: String) {
+        let outbound = Arc::clone(&self.outbound);
+        self.in_order(move || {
+            outbound.push_op(&ServerOp::Nak(reason));
+        })
+        .await;
     }
 
     /// Publishes a JSON reply (a `$`-API answer) on a volatile subject.
     fn reply_json(&self, subject: &Bytes, body: &serde_json::Value) {
-        let reply =
-            Pub { subject: subject.clone(), reply: None, headers: None, payload: Bytes::from(body.to_string()) };
-        self.broker.router.route(&reply, self.client_id, true);
+        reply_json(&self.broker.router, self.client_id, subject, body);
     }
 
     /// The sid of this client's own (non-queue) subscription matching `reply`, as
@@ -343,7 +382,7 @@ impl Session {
 
     /// Waits until every event this client handed to the timeline writer is stored and
     /// delivered, so a replay or query it sends next sees its own earlier publishes.
-    async fn settle(&self) {
+    async fn settle(&mut self) {
         if self.in_flight.load(Ordering::Acquire) == 0 {
             return;
         }
@@ -359,7 +398,8 @@ impl Session {
     /// event this client has handed to the timeline writer is delivered, so the client's
     /// ops keep their order as in NATS: `PUB` then `UNSUB` still delivers the message, and
     /// `PUB` then `SUB` does not. With nothing in flight it runs at once.
-    async fn in_order(&self, action: impl FnOnce() + Send + 'static) {
+    async fn in_order(&mut self, action: impl FnOnce() + Send + 'static) {
+        self.flush().await;
         let action: Box<dyn FnOnce() + Send> = Box::new(action);
         if self.in_flight.load(Ordering::Acquire) == 0 {
             return action();

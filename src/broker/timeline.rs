@@ -1,10 +1,10 @@
 //! The timeline writer: the one place that allocates sequences and appends to the log.
 //!
 //! Connections hand it [`Request`]s over a bounded channel (a flood of publishers waits
-//! there instead of growing memory). Its thread drains whatever is queued, checks each
-//! append's conditions (dedup, expected sequences, unchanged-since) against the log plus
-//! the batch so far, assigns sequences, and writes ONE batch to the store (to the OS, not
-//! yet fsynced). Then the batch is made durable per the fsync policy, fanned out live in
+//! there instead of growing memory), one per read of their socket rather than one per
+//! message. Its thread drains whatever is queued, checks each append's conditions (dedup,
+//! expected sequences, unchanged-since) against the log plus the batch so far, assigns
+//! sequences, and writes ONE batch to the store (to the OS, not yet fsynced). Then the batch is made durable per the fsync policy, fanned out live in
 //! sequence order, and only then acknowledged: under `always` by the finisher thread,
 //! whose one fsync covers every batch written meanwhile (group commit; see
 //! [`super::finisher`]); under `interval` and `never` right away on this thread. So a
@@ -24,18 +24,24 @@ use tracing::error;
 use super::Outbound;
 use super::checkpoint::Checkpointer;
 use super::delivery::{Admitted, Committed, Completion, Delivery};
-use super::finisher::Finisher;
+use super::finisher::{Finisher, Handoff};
 use super::router::Router;
 use crate::protocol::{Pub, PublishOptions};
 use crate::store::{DedupEntry, Event, Store, StoreError};
 use crate::subject::{Filter, matches};
 
-/// Appends one writer batch takes at most; more wait for the next batch.
+/// Appends after which a writer batch takes no more requests; the rest wait for the next.
 const MAX_BATCH: usize = 4096;
 /// Payload bytes one writer batch takes at most (see [`TimelineConfig::max_batch_bytes`]).
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
-/// Requests that may wait for the writer before publishers are held back.
-const QUEUE_DEPTH: usize = 8192;
+/// Requests that may wait for the writer before publishers are held back. A request holds
+/// at most [`MAX_REQUEST_APPENDS`] appends and, past [`MAX_REQUEST_BYTES`], no more than
+/// one further message.
+const QUEUE_DEPTH: usize = 1024;
+/// Appends one connection hands the writer in one request.
+pub(crate) const MAX_REQUEST_APPENDS: usize = 256;
+/// Payload bytes after which a connection hands its appends over without waiting for more.
+pub(crate) const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Subjects whose last sequence and revision the writer keeps in memory.
 const SUBJECT_CACHE: usize = 100_000;
 
@@ -77,7 +83,9 @@ pub(crate) struct Append {
 }
 
 pub(crate) enum Request {
-    Append(Box<Append>),
+    /// One connection's appends, in its order: as many as one read of its socket held (up
+    /// to a bound), so a burst costs the writer one request, not one per message.
+    Appends(Vec<Append>),
     /// Run once everything queued before it is stored and delivered: a client's `PONG`,
     /// `SUB` or `UNSUB` that must keep its place after the client's own publishes.
     Call(Box<dyn FnOnce() + Send>),
@@ -88,14 +96,27 @@ pub(crate) enum Request {
 }
 
 impl Request {
-    /// Payload bytes, for the batch bound.
-    fn size(&self) -> usize {
+    /// Appends and their payload bytes, for the batch bounds.
+    fn size(&self) -> (usize, usize) {
         match self {
-            Request::Append(append) => {
-                append.message.payload.len() + append.message.headers.as_ref().map_or(0, Bytes::len)
-            }
-            Request::Call(_) | Request::Sync | Request::Stop => 0,
+            Request::Appends(appends) => (appends.len(), appends.iter().map(Append::size).sum()),
+            Request::Call(_) | Request::Sync | Request::Stop => (0, 0),
         }
+    }
+
+    /// The appends of a request that will not be committed.
+    pub(crate) fn into_appends(self) -> Vec<Append> {
+        match self {
+            Request::Appends(appends) => appends,
+            Request::Call(_) | Request::Sync | Request::Stop => Vec::new(),
+        }
+    }
+}
+
+impl Append {
+    /// Payload bytes, headers included.
+    pub(crate) fn size(&self) -> usize {
+        self.message.payload.len() + self.message.headers.as_ref().map_or(0, Bytes::len)
     }
 }
 
@@ -171,6 +192,7 @@ impl Timeline {
         let delivery = Delivery { router, head: Arc::new(head_sender), runtime: tokio::runtime::Handle::current() };
         let finishing = match config.fsync {
             FsyncPolicy::Always => Finishing::Finisher(Finisher::start(
+                head,
                 Arc::clone(&store),
                 delivery.clone(),
                 Arc::clone(&failed),
@@ -261,6 +283,16 @@ struct Writer {
     checkpointer: Checkpointer,
 }
 
+/// A batch admitted by the writer, to be written to the log.
+struct Admission {
+    events: Vec<Event>,
+    /// The message ids of `events` that carry one.
+    dedup: Vec<DedupEntry>,
+    completions: Vec<Completion>,
+    /// Whether to fsync after writing (an `interval` tick, or the stop).
+    sync: bool,
+}
+
 /// Where a committed batch is delivered and acknowledged.
 enum Finishing {
     /// On the writer thread, right after the commit: `interval` and `never` have no
@@ -276,29 +308,25 @@ impl Writer {
     fn run(mut self, mut receiver: mpsc::Receiver<Request>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while let Some(first) = receiver.blocking_recv() {
-            let mut bytes = first.size();
+            let (mut appends, mut bytes) = first.size();
             batch.push(first);
-            while batch.len() < MAX_BATCH && bytes < self.max_batch_bytes {
+            while appends < MAX_BATCH && bytes < self.max_batch_bytes {
                 match receiver.try_recv() {
                     Ok(request) => {
-                        bytes += request.size();
+                        let (more_appends, more_bytes) = request.size();
+                        appends += more_appends;
+                        bytes += more_bytes;
                         batch.push(request);
                     }
                     Err(_) => break,
                 }
             }
             let stop = batch.iter().any(|request| matches!(request, Request::Stop));
-            match self.commit(&mut batch) {
-                Ok(committed) => match &self.finishing {
-                    Finishing::Inline => self.delivery.finish(committed),
-                    Finishing::Finisher(finisher) => finisher.send(committed),
-                },
-                Err(failure) => {
-                    error!(error = %failure, "the event log failed; no more events will be acknowledged");
-                    self.failed.store(true, Ordering::Relaxed);
-                    self.fatal.cancel();
-                    break;
-                }
+            if let Err(failure) = self.commit(&mut batch) {
+                error!(error = %failure, "the event log failed; no more events will be acknowledged");
+                self.failed.store(true, Ordering::Relaxed);
+                self.fatal.cancel();
+                break;
             }
             if stop {
                 break;
@@ -319,14 +347,66 @@ impl Writer {
 
     /// Answers a batch that cannot be committed with storage failures, after everything
     /// committed before it.
-    fn fail(&mut self, completions: Vec<Completion>, pending: Option<Box<Append>>) {
+    fn fail(&mut self, completions: Vec<Completion>, pending: impl IntoIterator<Item = Append>) {
         self.stop_finisher();
         self.delivery.fail(completions, pending);
     }
 
-    /// Admits one batch of requests and writes it to the log (to the OS; fsynced here only
-    /// for an `interval` tick or at the stop).
-    fn commit(&mut self, batch: &mut Vec<Request>) -> Result<Committed, StoreError> {
+    /// Admits one batch of requests, writes it to the log (to the OS; fsynced here only for
+    /// an `interval` tick or at the stop) and hands it on to be delivered and acknowledged.
+    ///
+    /// With a finisher, the batch is handed over as soon as it is in the write-ahead log, so
+    /// the finisher's fsync runs while fjall takes the batch; the finisher delivers it once
+    /// told that fjall holds it too (reads must find what was delivered). If fjall fails,
+    /// that word never comes and the finisher answers the batch with storage failures.
+    fn commit(&mut self, batch: &mut Vec<Request>) -> Result<(), StoreError> {
+        let Admission { events, dedup, completions, sync } = self.admit_batch(batch)?;
+        let expired = match self.expire_dedup() {
+            Ok(expired) => expired,
+            Err(failure) => {
+                self.fail(completions, []);
+                return Err(failure);
+            }
+        };
+        let written = match (events.is_empty() && expired.is_empty(), self.store.write_ahead(&events, &dedup)) {
+            (true, _) => None,
+            (false, Ok(written)) => Some(written),
+            (false, Err(failure)) => {
+                self.fail(completions, []);
+                return Err(failure);
+            }
+        };
+        let events = Arc::new(events);
+        let committed = Committed { head: self.head, events: Arc::clone(&events), completions };
+        let store = |store: &Store| {
+            if let Some(written) = &written {
+                store.commit(&events, written, &dedup, &expired)?;
+            }
+            if sync {
+                store.sync()?;
+            }
+            Ok(())
+        };
+        match &self.finishing {
+            Finishing::Inline => {
+                if let Err(failure) = store(&self.store) {
+                    self.fail(committed.completions, []);
+                    return Err(failure);
+                }
+                self.delivery.finish(committed);
+            }
+            Finishing::Finisher(finisher) => {
+                finisher.send(Handoff::Written(committed));
+                store(&self.store)?;
+                finisher.send(Handoff::Stored(self.head));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the conditions of a batch's appends and assigns the admitted ones their
+    /// sequences. A failure answers the whole batch with storage failures.
+    fn admit_batch(&mut self, batch: &mut Vec<Request>) -> Result<Admission, StoreError> {
         if self.subjects.len() > SUBJECT_CACHE {
             self.subjects.clear();
         }
@@ -334,41 +414,32 @@ impl Writer {
         let mut new_dedup = Vec::new();
         let mut completions = Vec::with_capacity(batch.len());
         let mut sync = false;
-        for request in batch.drain(..) {
+        let mut requests = batch.drain(..);
+        while let Some(request) = requests.next() {
             match request {
-                Request::Append(append) => {
-                    let outcome = match self.admit(&append, &events) {
-                        Ok(outcome) => outcome,
-                        Err(failure) => {
-                            self.fail(completions, Some(append));
-                            return Err(failure);
+                Request::Appends(appends) => {
+                    let mut appends = appends.into_iter();
+                    while let Some(append) = appends.next() {
+                        let outcome = match self.admit(&append, &events) {
+                            Ok(outcome) => outcome,
+                            Err(failure) => {
+                                let rest = requests.flat_map(Request::into_appends);
+                                self.fail(completions, std::iter::once(append).chain(appends).chain(rest));
+                                return Err(failure);
+                            }
+                        };
+                        let event = matches!(outcome, Outcome::Stored { .. }).then_some(events.len());
+                        if let Outcome::Stored { seq, revision } = outcome {
+                            self.record(&append, seq, revision, &mut events, &mut new_dedup);
                         }
-                    };
-                    let event = matches!(outcome, Outcome::Stored { .. }).then_some(events.len());
-                    if let Outcome::Stored { seq, revision } = outcome {
-                        self.record(&append, seq, revision, &mut events, &mut new_dedup);
+                        completions.push(Completion::Append(Admitted { append, outcome, event }));
                     }
-                    completions.push(Completion::Append(Admitted { append, outcome, event }));
                 }
                 Request::Call(action) => completions.push(Completion::Call(action)),
                 Request::Sync | Request::Stop => sync = true,
             }
         }
-        let expired = self.expire_dedup()?;
-        if !events.is_empty() || !expired.is_empty() {
-            if let Err(failure) = self.store.append(&events, &new_dedup, &expired) {
-                self.fail(completions, None);
-                return Err(failure);
-            }
-        }
-        if sync {
-            let synced = self.store.sync();
-            if let Err(failure) = synced {
-                self.fail(completions, None);
-                return Err(failure);
-            }
-        }
-        Ok(Committed { head: self.head, events, completions })
+        Ok(Admission { events, dedup: new_dedup, completions, sync })
     }
 
     /// Checks an append's conditions; dedup first, as JetStream does.

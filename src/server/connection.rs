@@ -1,5 +1,6 @@
 //! One client connection: this task reads and parses, a spawned writer task writes.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,9 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::broker::{Broker, BrokerConfig, CloseReason, MAX_PINGS_OUT, MAX_STALL, Outbound, Pending, Session};
+use crate::broker::{
+    Broker, BrokerConfig, CloseReason, DirectWrite, MAX_PINGS_OUT, MAX_STALL, Outbound, Pending, Session,
+};
 use crate::protocol::codec::ClientCodec;
 use crate::protocol::{ClientOp, ProtocolError, ServerOp};
 
@@ -33,9 +36,19 @@ pub(super) async fn serve(
 ) {
     // Small messages must not wait for Nagle; the writer already coalesces.
     let _ = socket.set_nodelay(true);
-    let (read, write) = socket.into_split();
     let config = broker.config().clone();
     let outbound = Arc::new(Outbound::new(config.max_pending));
+    let socket = match with_direct_writes(socket) {
+        Ok((socket, direct)) => {
+            outbound.write_directly_to(Arc::new(direct));
+            socket
+        }
+        Err(error) => {
+            debug!(%error, "no direct writes on this connection");
+            return;
+        }
+    };
+    let (read, write) = socket.into_split();
     let host = local.ip().to_string();
     let mut session = Session::new(Arc::clone(&broker), Arc::clone(&outbound), |client_id| {
         broker.info(client_id, &host, local.port(), Some(peer.ip().to_string()))
@@ -44,6 +57,8 @@ pub(super) async fn serve(
     info!(conn_id, %peer, "connection opened");
     let writer = tokio::spawn(write_loop(write, Arc::clone(&outbound), config.write_deadline));
     let reason = read_loop(read, &mut session, &outbound, &shutdown, &config).await;
+    // What the client published before it went is still stored, as nats-server routes it.
+    session.flush().await;
     outbound.close(reason);
     drop(session);
     let _ = writer.await;
@@ -83,6 +98,7 @@ async fn read_loop(
                 Err(error) => return protocol_failure(&error, outbound),
             }
         }
+        session.flush().await;
         if let Some(subscriber) = session.take_lagging() {
             tokio::select! {
                 _ = tokio::time::timeout(MAX_STALL, subscriber.wait_drained()) => {}
@@ -114,6 +130,23 @@ async fn read_loop(
             }
         }
     }
+}
+
+/// A duplicate of the connection's socket for [`Outbound::flush`]: non-blocking (it shares
+/// the original's file status), written only while the writer task is idle.
+struct DirectSocket(std::net::TcpStream);
+
+impl DirectWrite for DirectSocket {
+    fn try_write(&self, bytes: &[u8]) -> std::io::Result<usize> {
+        (&self.0).write(bytes)
+    }
+}
+
+/// Splits off a [`DirectSocket`]; the stream goes back to the runtime.
+fn with_direct_writes(socket: TcpStream) -> std::io::Result<(TcpStream, DirectSocket)> {
+    let socket = socket.into_std()?;
+    let direct = socket.try_clone()?;
+    Ok((TcpStream::from_std(socket)?, DirectSocket(direct)))
 }
 
 fn protocol_failure(error: &ProtocolError, outbound: &Outbound) -> CloseReason {
@@ -163,6 +196,7 @@ async fn write_loop(mut write: OwnedWriteHalf, outbound: Arc<Outbound>, deadline
         // Whatever an aborted send did not write is released too: the batch is gone.
         outbound.written(batch.len() - released);
         batch.clear();
+        outbound.sent();
         match sent {
             Ok(Ok(())) => {}
             Ok(Err(_)) => outbound.close(CloseReason::WriteError),

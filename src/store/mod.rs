@@ -47,6 +47,10 @@ pub struct DedupEntry {
     pub seq: u64,
 }
 
+/// A batch written to the write-ahead log by [`Store::write_ahead`], for [`Store::commit`]
+/// to write to fjall.
+pub struct WrittenAhead(Encoded);
+
 /// One chunk of a read: the matching events, and where the next read starts.
 #[derive(Debug, Default)]
 pub struct Chunk {
@@ -165,7 +169,7 @@ impl Store {
             .map(|seq| run.event(seq)?.ok_or(StoreError::Corrupt { seq }))
             .collect::<Result<Vec<_>, _>>()?;
         let ends: Vec<usize> = run.record_ends().collect();
-        self.commit(&events, &record.events, &ends, &record.dedup, &[])
+        self.insert(&events, &record.events, &ends, &record.dedup, &[])
     }
 
     fn lock_wal(&self) -> MutexGuard<'_, Wal> {
@@ -209,11 +213,38 @@ impl Store {
     /// # Errors
     /// Any failure is fatal for the log (fjall poisons the database): stop acknowledging.
     pub fn append(&self, events: &[Event], dedup: &[DedupEntry], expired: &[Slice]) -> Result<(), StoreError> {
+        let written = self.write_ahead(events, dedup)?;
+        self.commit(events, &written, dedup, expired)
+    }
+
+    /// The first half of [`Store::append`]: writes the events and their dedup entries to the
+    /// write-ahead log. Once [`Store::sync`] has run they are durable, so the timeline
+    /// writer can hand the batch on to be synced while it writes it to fjall.
+    ///
+    /// # Errors
+    /// Fatal, as for [`Store::append`].
+    pub fn write_ahead(&self, events: &[Event], dedup: &[DedupEntry]) -> Result<WrittenAhead, StoreError> {
         let mut encoded = Encoded::new(events, dedup);
         if let (Some(first), Some(last)) = (events.first(), events.last()) {
             self.lock_wal().append(&mut encoded, first.seq, last.seq)?;
         }
-        self.commit(events, encoded.events(), encoded.ends(), dedup, expired)?;
+        Ok(WrittenAhead(encoded))
+    }
+
+    /// The second half of [`Store::append`]: writes a batch already in the write-ahead log
+    /// to fjall, as ONE atomic batch, with the removal of `expired` dedup entries. Reads see
+    /// the events once this returns.
+    ///
+    /// # Errors
+    /// Fatal, as for [`Store::append`].
+    pub fn commit(
+        &self,
+        events: &[Event],
+        written: &WrittenAhead,
+        dedup: &[DedupEntry],
+        expired: &[Slice],
+    ) -> Result<(), StoreError> {
+        self.insert(events, written.0.events(), written.0.ends(), dedup, expired)?;
         if let Some(last) = events.last() {
             self.committed.store(last.seq, Ordering::Release);
         }
@@ -222,7 +253,7 @@ impl Store {
 
     /// Writes one batch to fjall, cutting `encoded` (the events' run records, each ending
     /// at its entry in `ends`) into runs.
-    fn commit(
+    fn insert(
         &self,
         events: &[Event],
         encoded: &[u8],
