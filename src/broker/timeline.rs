@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::error;
 
@@ -34,10 +34,11 @@ use crate::subject::{Filter, matches};
 const MAX_BATCH: usize = 4096;
 /// Payload bytes one writer batch takes at most (see [`TimelineConfig::max_batch_bytes`]).
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
-/// Requests that may wait for the writer before publishers are held back. A request holds
-/// at most [`MAX_REQUEST_APPENDS`] appends and, past [`MAX_REQUEST_BYTES`], no more than
-/// one further message.
-const QUEUE_DEPTH: usize = 1024;
+/// Requests that may wait for the writer before publishers are held back.
+const QUEUE_DEPTH: usize = 8192;
+/// Appends that may wait for the writer, whatever the requests carrying them: a request
+/// holds up to [`MAX_REQUEST_APPENDS`].
+const QUEUED_APPENDS: usize = 8192;
 /// Appends one connection hands the writer in one request.
 pub(crate) const MAX_REQUEST_APPENDS: usize = 256;
 /// Payload bytes after which a connection hands its appends over without waiting for more.
@@ -155,6 +156,9 @@ pub enum Conflict {
 #[derive(Clone)]
 pub struct Timeline {
     requests: mpsc::Sender<Request>,
+    /// One permit per append that may be queued (see [`QUEUED_APPENDS`]); the writer gives
+    /// them back as it takes requests, and closes it when it stops.
+    queued: Arc<Semaphore>,
     head: watch::Receiver<u64>,
     failed: Arc<AtomicBool>,
     writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
@@ -201,7 +205,9 @@ impl Timeline {
             FsyncPolicy::Interval(_) | FsyncPolicy::Never => Finishing::Inline,
         };
         let checkpointer = Checkpointer::start(Arc::clone(&store), Arc::clone(&failed), fatal.clone())?;
+        let queued = Arc::new(Semaphore::new(QUEUED_APPENDS));
         let mut writer = Writer {
+            queued: Arc::clone(&queued),
             max_batch_bytes: config.max_batch_bytes,
             store,
             dedup_window: nanos(config.dedup_window),
@@ -234,7 +240,7 @@ impl Timeline {
             });
         }
         let writer = Arc::new(std::sync::Mutex::new(Some(thread)));
-        Ok(Timeline { requests, head: head_receiver, failed, writer })
+        Ok(Timeline { requests, queued, head: head_receiver, failed, writer })
     }
 
     /// Lets the writer finish what is queued, stops it and waits until the log is closed.
@@ -254,6 +260,13 @@ impl Timeline {
         if self.failed.load(Ordering::Relaxed) {
             return Err(request);
         }
+        if let Request::Appends(appends) = &request {
+            let count = u32::try_from(appends.len()).unwrap_or(u32::MAX);
+            match self.queued.acquire_many(count).await {
+                Ok(permits) => permits.forget(),
+                Err(_) => return Err(request),
+            }
+        }
         self.requests.send(request).await.map_err(|rejected| rejected.0)
     }
 
@@ -264,6 +277,7 @@ impl Timeline {
 }
 
 struct Writer {
+    queued: Arc<Semaphore>,
     max_batch_bytes: usize,
     store: Arc<Store>,
     dedup_window: u64,
@@ -321,6 +335,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            self.queued.add_permits(appends);
             let stop = batch.iter().any(|request| matches!(request, Request::Stop));
             if let Err(failure) = self.commit(&mut batch) {
                 error!(error = %failure, "the event log failed; no more events will be acknowledged");
@@ -332,6 +347,7 @@ impl Writer {
                 break;
             }
         }
+        self.queued.close();
         self.stop_finisher();
         self.checkpointer.stop();
     }
@@ -577,4 +593,65 @@ pub(crate) fn outcome_json(outcome: &Outcome) -> serde_json::Value {
 
 fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+
+    use super::*;
+    use crate::broker::{Broker, BrokerConfig};
+
+    fn append() -> Append {
+        Append {
+            message: Pub {
+                subject: Bytes::from_static(b"queued"),
+                reply: None,
+                headers: None,
+                payload: Bytes::from_static(b"x"),
+            },
+            options: PublishOptions::default(),
+            publisher: 1,
+            echo: false,
+            ack: AckTo::Nobody,
+            no_responders: None,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn appends() -> Request {
+        Request::Appends((0..MAX_REQUEST_APPENDS).map(|_| append()).collect())
+    }
+
+    /// Requests carry up to `MAX_REQUEST_APPENDS` appends each; the queue is bounded by
+    /// appends, not requests, so batching cannot multiply what a stalled writer holds.
+    #[tokio::test]
+    async fn queued_appends_are_bounded_whatever_the_requests_carrying_them() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let config = BrokerConfig { data: dir.path().to_owned(), fsync: FsyncPolicy::Never, ..BrokerConfig::default() };
+        let broker = Broker::start(config, CancellationToken::new()).expect("starts");
+        let timeline = &broker.timeline;
+        // Hold the writer inside a call until released.
+        let (entered, writer_held) = tokio::sync::oneshot::channel();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let hold = move || {
+            let _ = entered.send(());
+            let _ = held.recv();
+        };
+        assert!(timeline.send(Request::Call(Box::new(hold))).await.is_ok());
+        writer_held.await.expect("the writer runs the call");
+
+        for _ in 0..QUEUED_APPENDS / MAX_REQUEST_APPENDS {
+            assert!(timeline.send(appends()).await.is_ok());
+        }
+        let mut one_more = std::pin::pin!(timeline.send(appends()));
+        let pending = one_more.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending();
+        assert!(pending, "a full queue holds the sender back");
+
+        release.send(()).expect("the writer waits");
+        assert!(one_more.await.is_ok(), "sent once the writer takes the queue");
+        timeline.stop().await;
+        assert_eq!(timeline.head(), (QUEUED_APPENDS + MAX_REQUEST_APPENDS) as u64, "every append stored");
+    }
 }
