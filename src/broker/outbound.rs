@@ -98,8 +98,8 @@ impl Pending {
     }
 }
 
-/// A connection's socket as fan-out may write it directly: without blocking, and only while
-/// the connection's writer task is idle (see [`Outbound::flush`]).
+/// A connection's socket as a thread outside the runtime may write it directly: without
+/// blocking, and only while the connection's writer task is idle (see [`Outbound::flush`]).
 pub trait DirectWrite: Send + Sync {
     /// Writes what the socket takes now; `WouldBlock` if nothing.
     ///
@@ -199,7 +199,7 @@ impl Outbound {
     }
 
     /// Queues a protocol op like [`Outbound::push_op`] but leaves the writer asleep;
-    /// returns whether the caller must [`Outbound::wake`] it once it has queued the rest.
+    /// returns whether the caller must [`Outbound::flush`] once it has queued the rest.
     /// A batch of acks then goes out in one write instead of trickling out as the writer
     /// races the pushes.
     pub fn push_op_unwoken(&self, op: &ServerOp) -> bool {

@@ -12,7 +12,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::{Instant, interval_at};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::broker::{
     Broker, BrokerConfig, CloseReason, DirectWrite, MAX_PINGS_OUT, MAX_STALL, Outbound, Pending, Session,
@@ -38,13 +38,10 @@ pub(super) async fn serve(
     let _ = socket.set_nodelay(true);
     let config = broker.config().clone();
     let outbound = Arc::new(Outbound::new(config.max_pending));
-    let socket = match with_direct_writes(socket) {
-        Ok((socket, direct)) => {
-            outbound.write_directly_to(Arc::new(direct));
-            socket
-        }
+    let socket = match with_direct_writes(socket, &outbound) {
+        Ok(socket) => socket,
         Err(error) => {
-            debug!(%error, "no direct writes on this connection");
+            warn!(%peer, %error, "cannot take the connection over from the operating system");
             return;
         }
     };
@@ -142,11 +139,15 @@ impl DirectWrite for DirectSocket {
     }
 }
 
-/// Splits off a [`DirectSocket`]; the stream goes back to the runtime.
-fn with_direct_writes(socket: TcpStream) -> std::io::Result<(TcpStream, DirectSocket)> {
+/// Gives `outbound` a [`DirectSocket`]; the stream goes back to the runtime. Without a
+/// duplicate (out of file descriptors, say) the writer task sends everything, as before.
+fn with_direct_writes(socket: TcpStream, outbound: &Outbound) -> std::io::Result<TcpStream> {
     let socket = socket.into_std()?;
-    let direct = socket.try_clone()?;
-    Ok((TcpStream::from_std(socket)?, DirectSocket(direct)))
+    match socket.try_clone() {
+        Ok(direct) => outbound.write_directly_to(Arc::new(DirectSocket(direct))),
+        Err(error) => debug!(%error, "no direct writes on this connection"),
+    }
+    TcpStream::from_std(socket)
 }
 
 fn protocol_failure(error: &ProtocolError, outbound: &Outbound) -> CloseReason {
