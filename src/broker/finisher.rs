@@ -6,10 +6,12 @@
 //! fsyncs, so the two costs overlap; the finisher delivers the batch once the writer says
 //! fjall holds it too. The finisher takes every batch queued for it, so one fsync covers
 //! all the batches written while the previous one ran: the busier the log, the bigger the
-//! group.
+//! group. A batch with nothing queued behind it, arriving while the finisher holds
+//! nothing, is not handed over at all: the writer fsyncs and delivers it itself, sparing a
+//! lone publisher's ack the thread wake-up.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use tokio_util::sync::CancellationToken;
@@ -34,6 +36,8 @@ pub(super) enum Handoff {
 
 pub(super) struct Finisher {
     sender: Option<SyncSender<Handoff>>,
+    /// Batches handed over and not yet delivered.
+    in_hand: Arc<AtomicUsize>,
     thread: Option<std::thread::JoinHandle<()>>,
     delivery: Delivery,
 }
@@ -51,14 +55,25 @@ impl Finisher {
     ) -> std::io::Result<Finisher> {
         let (sender, receiver) = sync_channel(QUEUE_DEPTH);
         let thread_delivery = delivery.clone();
+        let in_hand = Arc::new(AtomicUsize::new(0));
+        let delivered = Arc::clone(&in_hand);
         let thread = std::thread::Builder::new()
             .name("finisher".into())
-            .spawn(move || run(head, &store, &thread_delivery, &receiver, &failed, &fatal))?;
-        Ok(Finisher { sender: Some(sender), thread: Some(thread), delivery })
+            .spawn(move || run(head, &store, &thread_delivery, &receiver, &failed, &fatal, &delivered))?;
+        Ok(Finisher { sender: Some(sender), in_hand, thread: Some(thread), delivery })
+    }
+
+    /// Whether every batch handed over is delivered, so the writer may deliver the next one
+    /// itself without overtaking any.
+    pub(super) fn is_idle(&self) -> bool {
+        self.in_hand.load(Ordering::Acquire) == 0
     }
 
     /// Hands over a batch or the word that fjall holds it, waiting while the queue is full.
     pub(super) fn send(&self, handoff: Handoff) {
+        if matches!(handoff, Handoff::Written(_)) {
+            self.in_hand.fetch_add(1, Ordering::AcqRel);
+        }
         let refused = match &self.sender {
             Some(sender) => sender.send(handoff).err().map(|refused| refused.0),
             None => Some(handoff),
@@ -85,6 +100,7 @@ fn run(
     receiver: &Receiver<Handoff>,
     failed: &AtomicBool,
     fatal: &CancellationToken,
+    in_hand: &AtomicUsize,
 ) {
     // Everything before the writer started is durable and in fjall.
     let (mut durable, mut stored) = (head, head);
@@ -137,6 +153,49 @@ fn run(
         }
         for batch in std::mem::replace(&mut group, next) {
             delivery.finish(batch);
+            in_hand.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::broker::delivery::Completion;
+    use crate::broker::router::Router;
+
+    /// The writer delivers a batch itself only while the finisher is idle; a batch still
+    /// being delivered must keep it busy, or the writer's next batch could overtake it.
+    #[tokio::test]
+    async fn busy_until_every_batch_handed_over_is_delivered() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let store = Arc::new(Store::open(dir.path()).expect("opens"));
+        let delivery = Delivery {
+            router: Arc::new(Router::new()),
+            head: Arc::new(watch::channel(0).0),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let failed = Arc::new(AtomicBool::new(false));
+        let mut finisher = Finisher::start(0, store, delivery, failed, CancellationToken::new()).expect("starts");
+        assert!(finisher.is_idle(), "nothing handed over yet");
+
+        let (entered, delivering) = std::sync::mpsc::channel();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let hold = move || {
+            let _ = entered.send(());
+            let _ = held.recv();
+        };
+        let batch =
+            Committed { head: 0, events: Arc::new(Vec::new()), completions: vec![Completion::Call(Box::new(hold))] };
+        finisher.send(Handoff::Written(batch));
+        assert!(!finisher.is_idle(), "handed over, not delivered");
+        delivering.recv().expect("the finisher delivers the batch");
+        assert!(!finisher.is_idle(), "still delivering");
+
+        release.send(()).expect("the call waits");
+        finisher.stop();
+        assert!(finisher.is_idle(), "delivered");
     }
 }

@@ -4,10 +4,11 @@
 //! there instead of growing memory), one per read of their socket rather than one per
 //! message. Its thread drains whatever is queued, checks each append's conditions (dedup,
 //! expected sequences, unchanged-since) against the log plus the batch so far, assigns
-//! sequences, and writes ONE batch to the store (to the OS, not yet fsynced). Then the batch is made durable per the fsync policy, fanned out live in
-//! sequence order, and only then acknowledged: under `always` by the finisher thread,
-//! whose one fsync covers every batch written meanwhile (group commit; see
-//! [`super::finisher`]); under `interval` and `never` right away on this thread. So a
+//! sequences, and writes ONE batch to the store (to the OS, not yet fsynced). Then the
+//! batch is made durable per the fsync policy, fanned out live in sequence order, and only
+//! then acknowledged: under `always` by the finisher thread, whose one fsync covers every
+//! batch written meanwhile (group commit; see [`super::finisher`]), or by this thread when
+//! nothing else is in flight; under `interval` and `never` right away on this thread. So a
 //! subscriber never sees an event that a crash could take back (with `always`), and live
 //! delivery and replay agree on order.
 
@@ -316,7 +317,9 @@ enum Finishing {
     /// On the writer thread, right after the commit: `interval` and `never` have no
     /// fsync to wait for, and a thread hop would only add latency.
     Inline,
-    /// On the finisher thread, once the write-ahead log's fsync covers it (`always`).
+    /// On the finisher thread, once the write-ahead log's fsync covers it (`always`), while
+    /// the writer goes on with the next batch; on the writer thread, after its own fsync,
+    /// when there is no next batch to go on with (see [`Writer::commit`]).
     Finisher(Finisher),
 }
 
@@ -341,7 +344,8 @@ impl Writer {
             }
             self.queued.add_permits(appends);
             let stop = batch.iter().any(|request| matches!(request, Request::Stop));
-            if let Err(failure) = self.commit(&mut batch) {
+            let more_queued = !receiver.is_empty();
+            if let Err(failure) = self.commit(&mut batch, more_queued) {
                 error!(error = %failure, "the event log failed; no more events will be acknowledged");
                 self.failed.store(true, Ordering::Relaxed);
                 self.fatal.cancel();
@@ -379,7 +383,11 @@ impl Writer {
     /// the finisher's fsync runs while fjall takes the batch; the finisher delivers it once
     /// told that fjall holds it too (reads must find what was delivered). If fjall fails,
     /// that word never comes and the finisher answers the batch with storage failures.
-    fn commit(&mut self, batch: &mut Vec<Request>) -> Result<(), StoreError> {
+    ///
+    /// But when no request is `more_queued` and the finisher holds nothing, this thread
+    /// fsyncs, delivers and acknowledges the batch itself: the fsync has nothing to overlap
+    /// with, and the hand-over would add a thread wake-up to every ack of a lone publisher.
+    fn commit(&mut self, batch: &mut Vec<Request>, more_queued: bool) -> Result<(), StoreError> {
         let Admission { events, dedup, completions, sync } = self.admit_batch(batch)?;
         let expired = match self.expire_dedup() {
             Ok(expired) => expired,
@@ -398,7 +406,7 @@ impl Writer {
         };
         let events = Arc::new(events);
         let committed = Committed { head: self.head, events: Arc::clone(&events), completions };
-        let store = |store: &Store| {
+        let store = |store: &Store, sync: bool| {
             if let Some(written) = &written {
                 store.commit(&events, written, &dedup, &expired)?;
             }
@@ -407,19 +415,21 @@ impl Writer {
             }
             Ok(())
         };
-        match &self.finishing {
-            Finishing::Inline => {
-                if let Err(failure) = store(&self.store) {
-                    self.fail(committed.completions, []);
-                    return Err(failure);
-                }
-                self.delivery.finish(committed);
+        let sync_here = match &self.finishing {
+            Finishing::Inline => Some(sync),
+            Finishing::Finisher(finisher) if !more_queued && finisher.is_idle() => Some(sync || !events.is_empty()),
+            Finishing::Finisher(_) => None,
+        };
+        if let Some(sync) = sync_here {
+            if let Err(failure) = store(&self.store, sync) {
+                self.fail(committed.completions, []);
+                return Err(failure);
             }
-            Finishing::Finisher(finisher) => {
-                finisher.send(Handoff::Written(committed));
-                store(&self.store)?;
-                finisher.send(Handoff::Stored(self.head));
-            }
+            self.delivery.finish(committed);
+        } else if let Finishing::Finisher(finisher) = &self.finishing {
+            finisher.send(Handoff::Written(committed));
+            store(&self.store, sync)?;
+            finisher.send(Handoff::Stored(self.head));
         }
         Ok(())
     }
@@ -578,10 +588,10 @@ impl Writer {
 ///
 /// A publisher waiting for its acknowledgement sends its next publish about one round trip
 /// after the last one was answered, and waking a parked thread costs about as much again
-/// on a virtual machine whose idle CPUs halt (50–100 µs, measured on a 2-core VM). So the writer first
-/// looks for the request for up to [`LOOK_BEFORE_PARKING`], as Go's scheduler and the LMAX
-/// Disruptor's yielding wait do, and yields the CPU between looks: a thread with work gets
-/// it, and an idle server parks after one such look.
+/// on a virtual machine whose idle CPUs halt (50–100 µs, measured on a 2-core VM). So the
+/// writer first looks for the request for up to [`LOOK_BEFORE_PARKING`], as Go's scheduler
+/// and the LMAX Disruptor's yielding wait do, and yields the CPU between looks: a thread
+/// with work gets it, and an idle server parks after one such look.
 fn next_request(receiver: &mut mpsc::Receiver<Request>) -> Option<Request> {
     let looking_since = Instant::now();
     loop {
