@@ -40,7 +40,10 @@ never_pid=$evl_pid
 never_addr=$evl_addr
 start_nats -js -sd "$work/nats"
 
+# The floor under every --fsync always ack: this disk's fdatasync, before and after the runs.
+disk_line() { echo "# disk $1: $("$bin" bench fsync --dir "$work" --count 1000 | tail -n 1)"; }
 print_header
+disk_line before
 echo "# nats-server -js at $nats_addr; eventline --fsync always at $always_addr, --fsync never at $never_addr"
 echo "# $SIZE B payloads; apub w=1 x $APUB_W1_COUNT, w=256 x $APUB_W256_COUNT; replay x $REPLAY_COUNT; latency $LATENCY_COUNT at $LATENCY_RATE msg/s"
 
@@ -112,6 +115,7 @@ for rep in $(seq "$REPEATS"); do
 done
 
 echo "# load after: $(load_average)"
+disk_line after
 echo
 python3 - "$results" <<'EOF'
 import json, statistics, sys

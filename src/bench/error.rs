@@ -21,6 +21,8 @@ pub enum BenchError {
     Usage(String),
     #[error("cannot write the JSON report: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("disk probe in {dir}: {source}")]
+    Disk { dir: String, source: std::io::Error },
     #[error("a benchmark task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }

@@ -11,6 +11,8 @@
 //! - [`apub`]: acknowledged publishes from one connection, at most `--window` in flight;
 //!   ack throughput and round-trip latency.
 //! - [`replay`]: loads N events on one subject, then times one subscriber replaying them all.
+//! - [`fsync`]: no server; the fdatasync latency of a disk, the floor under an acknowledged
+//!   publish with `--fsync always`.
 //!
 //! `apub`, `replay` and `latency` take `--target eventline|jetstream`: eventline's own
 //! extensions (`APUB`, `SUB ... FROM`), or nats-server's JetStream API (a file-storage stream,
@@ -21,6 +23,7 @@
 pub mod apub;
 mod error;
 pub mod fanout;
+pub mod fsync;
 mod jetstream;
 pub mod latency;
 mod receive;
@@ -57,6 +60,8 @@ pub enum Mode {
     Apub(apub::ApubArgs),
     /// Load N events on one subject, then replay them all to one subscriber.
     Replay(replay::ReplayArgs),
+    /// No server: fdatasync latency of the disk under --dir (the floor of an acked publish).
+    Fsync(fsync::FsyncArgs),
 }
 
 /// Which server's storage path a mode drives.
@@ -126,6 +131,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         Mode::Latency(args) => latency::run(&args).await?,
         Mode::Apub(args) => apub::run(&args).await?,
         Mode::Replay(args) => replay::run(&args).await?,
+        Mode::Fsync(args) => fsync::run(args).await?,
     }
     Ok(())
 }
@@ -286,6 +292,16 @@ mod args_tests {
     }
 
     #[test]
+    fn fsync_takes_its_options() {
+        let args = parse(&["fsync", "--dir", "/var/lib/eventline", "--count", "500", "--size", "4096", "--json"]);
+        let Ok(BenchArgs { mode: Mode::Fsync(f) }) = args else { panic!("not an fsync: {args:?}") };
+        assert_eq!((f.dir.to_str(), f.count, f.size, f.json), (Some("/var/lib/eventline"), 500, 4096, true));
+        let args = parse(&["fsync"]);
+        let Ok(BenchArgs { mode: Mode::Fsync(f) }) = args else { panic!("not an fsync: {args:?}") };
+        assert_eq!((f.dir.to_str(), f.count, f.size), (Some("."), 2000, 256));
+    }
+
+    #[test]
     fn bad_arguments_are_refused() {
         for bad in [
             &["fanout", "--publishers", "0"][..],
@@ -302,6 +318,10 @@ mod args_tests {
             &["apub", "--stream", ""],
             &["replay", "--window", "2"],
             &["replay", "--subject", "r.>"],
+            &["fsync", "--count", "0"],
+            &["fsync", "--size", "0"],
+            &["fsync", "--size", "65537"],
+            &["fsync", "--server", "127.0.0.1:4222"],
             &["nothing"],
             &[],
         ] {
