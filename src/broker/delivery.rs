@@ -67,7 +67,7 @@ impl Delivery {
                 Completion::Append(admitted) => {
                     let append = &admitted.append;
                     if let Some(event) = admitted.event.and_then(|index| committed.events.get(index)) {
-                        self.fan_out(append, event, &mut stall_budget);
+                        self.fan_out(append, event, &mut stall_budget, &mut to_wake);
                     }
                     match &append.ack {
                         AckTo::Line(outbound) => {
@@ -92,10 +92,14 @@ impl Delivery {
     /// subscriber that is merely behind; the waits of one batch add up to at most
     /// `stall_budget` (as a live publisher pauses at most [`MAX_STALL`] per read), so a
     /// stuck subscriber costs the others little before it is cut.
-    fn fan_out(&self, append: &Append, event: &Event, stall_budget: &mut Duration) {
-        let routed = self.router.route(&append.message, append.publisher, append.echo);
+    fn fan_out(&self, append: &Append, event: &Event, stall_budget: &mut Duration, to_wake: &mut Vec<Arc<Outbound>>) {
+        let routed = self.router.route_unwoken(&append.message, append.publisher, append.echo, to_wake);
         self.router.offer(event);
         if let Some(lagging) = routed.lagging.filter(|_| !stall_budget.is_zero()) {
+            // A subscriber drains only once its writer task is awake.
+            for outbound in to_wake.drain(..) {
+                outbound.flush();
+            }
             let started = std::time::Instant::now();
             let budget = *stall_budget;
             // The timer must be created inside the runtime's context.

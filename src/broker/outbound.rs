@@ -159,6 +159,24 @@ impl Outbound {
         headers: Option<&[u8]>,
         payload: &Bytes,
     ) -> Pushed {
+        let (pushed, must_flush) = self.push_msg_unwoken(subject, sid, reply, headers, payload);
+        if must_flush {
+            self.wake.notify_one();
+        }
+        pushed
+    }
+
+    /// Queues like [`Outbound::push_msg`] but leaves the writer asleep; also returns
+    /// whether the caller must [`Outbound::flush`] once it has queued the rest (as for
+    /// [`Outbound::push_op_unwoken`]).
+    pub fn push_msg_unwoken(
+        &self,
+        subject: &[u8],
+        sid: &[u8],
+        reply: Option<&[u8]>,
+        headers: Option<&[u8]>,
+        payload: &Bytes,
+    ) -> (Pushed, bool) {
         let size = subject.len()
             + sid.len()
             + reply.map_or(0, <[u8]>::len)
@@ -170,9 +188,9 @@ impl Outbound {
             if !self.is_closed() {
                 self.close(CloseReason::SlowConsumer);
             }
-            return Pushed::Dropped;
+            return (Pushed::Dropped, false);
         }
-        let queued = self.push(|pending| {
+        let queued = self.queue(|pending| {
             let header_len = headers.map(<[u8]>::len);
             encode::msg_head(&mut pending.encoded, subject, sid, reply, header_len, payload.len());
             if let Some(headers) = headers {
@@ -186,9 +204,9 @@ impl Outbound {
             pending.encoded.put_slice(b"\r\n");
         });
         match queued {
-            false => Pushed::Dropped,
-            true if held + size > self.lagging_at => Pushed::Lagging,
-            true => Pushed::Queued,
+            None => (Pushed::Dropped, false),
+            Some(was_empty) if held + size > self.lagging_at => (Pushed::Lagging, was_empty),
+            Some(was_empty) => (Pushed::Queued, was_empty),
         }
     }
 
@@ -206,7 +224,7 @@ impl Outbound {
         self.queue(|pending| encode::server_op(op, &mut pending.encoded)) == Some(true)
     }
 
-    /// Sends what [`Outbound::push_op_unwoken`] queued: straight to the socket if the writer
+    /// Sends what the `_unwoken` pushes queued: straight to the socket if the writer
     /// task is idle and the socket takes it all, so a thread outside the runtime (the
     /// finisher, the timeline writer) answers without waking a runtime worker, a wake-up
     /// that costs tens of microseconds on a virtual machine; otherwise it wakes the

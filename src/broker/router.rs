@@ -149,14 +149,41 @@ impl Router {
 
     /// Delivers a message to every matching subscription, echo rules applied.
     pub(super) fn route(&self, message: &Pub, publisher: u64, echo: bool) -> Routed {
+        self.route_to(message, publisher, echo, None)
+    }
+
+    /// Routes like [`Router::route`] but leaves the subscribers' writer tasks asleep: each
+    /// subscriber to [`Outbound::flush`] is added to `to_flush`, for the caller to flush
+    /// once its whole batch is pushed. A thread outside the runtime (the timeline writer,
+    /// the finisher) then writes to idle sockets itself instead of waking a runtime worker
+    /// per subscriber.
+    pub(super) fn route_unwoken(
+        &self,
+        message: &Pub,
+        publisher: u64,
+        echo: bool,
+        to_flush: &mut Vec<Arc<Outbound>>,
+    ) -> Routed {
+        self.route_to(message, publisher, echo, Some(to_flush))
+    }
+
+    fn route_to(
+        &self,
+        message: &Pub,
+        publisher: u64,
+        echo: bool,
+        mut to_flush: Option<&mut Vec<Arc<Outbound>>>,
+    ) -> Routed {
         let matches = self.matches(&message.subject);
         let deliverable = |sub: &Subscription| echo || sub.client_id != publisher;
         let mut routed = Routed::default();
         for sub in matches.plain.iter().filter(|s| deliverable(s)) {
-            routed.note(sub, self.deliver(sub, message));
+            routed.note(sub, self.deliver(sub, message, to_flush.as_deref_mut()));
         }
         for group in &matches.groups {
-            if let Some((sub, pushed)) = self.deliver_to_one(&group.members, message, &deliverable) {
+            if let Some((sub, pushed)) =
+                self.deliver_to_one(&group.members, message, &deliverable, to_flush.as_deref_mut())
+            {
                 routed.note(sub, pushed);
             }
         }
@@ -170,22 +197,33 @@ impl Router {
         members: &'a [Arc<Subscription>],
         message: &Pub,
         deliverable: &dyn Fn(&Subscription) -> bool,
+        mut to_flush: Option<&mut Vec<Arc<Outbound>>>,
     ) -> Option<(&'a Arc<Subscription>, Pushed)> {
         let start = rand::rng().random_range(0..members.len().max(1));
         (0..members.len())
             .map(|i| &members[(start + i) % members.len()])
             .filter(|sub| deliverable(sub))
-            .map(|sub| (sub, self.deliver(sub, message)))
+            .map(|sub| (sub, self.deliver(sub, message, to_flush.as_deref_mut())))
             .find(|(_, pushed)| *pushed != Pushed::Dropped)
     }
 
-    fn deliver(&self, sub: &Arc<Subscription>, message: &Pub) -> Pushed {
+    /// Pushes `message` to one subscriber, waking its writer task unless `to_flush` takes it.
+    fn deliver(&self, sub: &Arc<Subscription>, message: &Pub, to_flush: Option<&mut Vec<Arc<Outbound>>>) -> Pushed {
         if !sub.take_delivery() {
             return Pushed::Dropped;
         }
         let headers = if sub.headers { message.headers.as_deref() } else { None };
-        let pushed =
-            sub.outbound.push_msg(&message.subject, &sub.sid, message.reply.as_deref(), headers, &message.payload);
+        let (subject, reply, payload) = (&message.subject, message.reply.as_deref(), &message.payload);
+        let pushed = match to_flush {
+            None => sub.outbound.push_msg(subject, &sub.sid, reply, headers, payload),
+            Some(to_flush) => {
+                let (pushed, must_flush) = sub.outbound.push_msg_unwoken(subject, &sub.sid, reply, headers, payload);
+                if must_flush {
+                    to_flush.push(Arc::clone(&sub.outbound));
+                }
+                pushed
+            }
+        };
         if sub.is_exhausted() {
             self.subscriptions.remove(&sub.filter, sub.queue.as_ref(), sub);
         }
