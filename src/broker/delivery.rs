@@ -55,9 +55,9 @@ pub(super) struct Delivery {
 
 impl Delivery {
     /// Publishes the batch's head, fans it out in sequence order, acknowledges, and runs
-    /// the calls queued with it. A publisher's `+ACK` lines are all queued before they are
-    /// sent, so they leave in one write, from this thread if the connection's writer task
-    /// is idle.
+    /// the calls queued with it. A connection's deliveries and `+ACK` lines of the batch
+    /// are all queued before they are sent, so they leave in one write, from this thread if
+    /// the connection's writer task is idle (no runtime worker is woken for it).
     pub(super) fn finish(&self, committed: Committed) {
         self.head.send_replace(committed.head);
         let mut stall_budget = MAX_STALL;
