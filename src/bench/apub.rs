@@ -285,10 +285,7 @@ fn human(r: &ApubReport) -> String {
         r.last_seq.map_or("-".to_owned(), |s| s.to_string()),
     );
     if let Some(l) = r.ack_latency_us {
-        out += &format!(
-            "ack round trip µs: min {:.1}  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  mean {:.1}\n",
-            l.min, l.p50, l.p90, l.p99, l.p99_9, l.max, l.mean
-        );
+        out += &l.line("ack round trip");
     }
     out
 }

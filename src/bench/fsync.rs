@@ -95,10 +95,7 @@ pub fn measure(args: &FsyncArgs) -> Result<FsyncReport, BenchError> {
 fn human(r: &FsyncReport) -> String {
     let mut out = format!("fsync in {}: {} fdatasyncs, each after a {} B overwrite\n", r.dir, r.count, r.size);
     if let Some(l) = r.fdatasync_us {
-        out += &format!(
-            "fdatasync µs: min {:.1}  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  mean {:.1}\n",
-            l.min, l.p50, l.p90, l.p99, l.p99_9, l.max, l.mean
-        );
+        out += &l.line("fdatasync");
     }
     out
 }

@@ -251,10 +251,7 @@ fn human(r: &LatencyReport) -> String {
     out += &format!("sent:     {} msg/s achieved over {:.3} s\n", grouped(r.sent_per_sec), r.send_secs);
     out += &format!("received: {}, lost {}\n", grouped(r.received as f64), grouped(r.lost as f64));
     if let Some(l) = r.latency_us {
-        out += &format!(
-            "latency µs: min {:.1}  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  mean {:.1}\n",
-            l.min, l.p50, l.p90, l.p99, l.p99_9, l.max, l.mean
-        );
+        out += &l.line("latency");
     }
     out
 }

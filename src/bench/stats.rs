@@ -73,6 +73,16 @@ impl Percentiles {
     }
 }
 
+impl Percentiles {
+    /// One report line: `<label> µs: min .. p50 .. p90 .. p99 .. p99.9 .. max .. mean ..`.
+    pub(super) fn line(&self, label: &str) -> String {
+        format!(
+            "{label} µs: min {:.1}  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  mean {:.1}\n",
+            self.min, self.p50, self.p90, self.p99, self.p99_9, self.max, self.mean
+        )
+    }
+}
+
 /// Minimum, median and maximum of some per-connection figures.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Summary {
@@ -161,6 +171,12 @@ mod tests {
             p,
             Some(Percentiles { min: 1.0, p50: 500.0, p90: 900.0, p99: 990.0, p99_9: 999.0, max: 1000.0, mean: 500.5 })
         );
+    }
+
+    #[test]
+    fn a_percentile_line_names_every_figure() {
+        let p = Percentiles { min: 1.0, p50: 2.0, p90: 3.0, p99: 4.0, p99_9: 5.0, max: 6.0, mean: 2.5 };
+        assert_eq!(p.line("ack"), "ack µs: min 1.0  p50 2.0  p90 3.0  p99 4.0  p99.9 5.0  max 6.0  mean 2.5\n");
     }
 
     #[test]
