@@ -5,7 +5,7 @@
 //! they were measured on.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -66,8 +66,7 @@ pub fn measure(args: &FsyncArgs) -> Result<FsyncReport, BenchError> {
     let disk = |source| BenchError::Disk { dir: args.dir.display().to_string(), source };
     // Unnamed where the OS allows it, and removed when dropped either way.
     let mut file: File = tempfile::tempfile_in(&args.dir).map_err(disk)?;
-    let zeros = vec![0u8; usize::try_from(SEGMENT).unwrap_or(usize::MAX)];
-    file.write_all(&zeros).map_err(disk)?;
+    std::io::copy(&mut std::io::repeat(0).take(SEGMENT), &mut file).map_err(disk)?;
     file.sync_all().map_err(disk)?;
 
     let record = vec![b'r'; usize::try_from(args.size).unwrap_or(usize::MAX)];
