@@ -12,14 +12,12 @@
 //!   checkpoints, ranged and indexed reads, the dedup window, the high-water mark.
 //!   Synchronous, no network, no protocol.
 //! - [`subject`]: subject validation, wildcard matching and the subscription trie.
-//! - [`bench`]: the `eventline bench` load tool for any NATS server, built on [`client`].
-//! - [`client`]: the `eventline pub`, `sub` and `fetch` commands: a small async client over
-//!   the raw protocol and its extensions (`APUB`, catch-up `SUB`, `FETCH`).
+//!
+//! The load tool (`eventline bench`) and the command-line client (`eventline pub`, `sub`,
+//! `fetch`) are modules of the binary, not of this library: they use it as any client would.
 #![deny(unsafe_code)]
 
-pub mod bench;
 pub mod broker;
-pub mod client;
 pub mod protocol;
 pub mod server;
 pub mod store;

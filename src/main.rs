@@ -6,12 +6,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod bench;
+mod client;
+
 use clap::{Parser, Subcommand};
+use client::{ClientError, Conditions, Endpoint, Range, Subscription};
 use eventline::broker::{
     Broker, BrokerConfig, DEFAULT_DEDUP_WINDOW, DEFAULT_MAX_PENDING, DEFAULT_PING_INTERVAL, DEFAULT_VOLATILE,
     DEFAULT_WRITE_DEADLINE, FsyncPolicy,
 };
-use eventline::client::{self, ClientError, Conditions, Endpoint, Range, Subscription};
 use eventline::protocol::DEFAULT_MAX_PAYLOAD;
 use eventline::subject::Filter;
 use tokio::net::TcpListener;
@@ -30,7 +33,7 @@ enum Command {
     /// Run the broker.
     Serve(ServeArgs),
     /// Load-test any NATS-protocol server (eventline or nats-server).
-    Bench(eventline::bench::BenchArgs),
+    Bench(bench::BenchArgs),
     /// Publish one message; with --ack, print its sequence once it is durable.
     ///
     /// Exit code 0 on success, 1 when the server refuses the publish (the reason is on
@@ -54,11 +57,11 @@ enum Command {
 #[derive(clap::Args)]
 struct ServerArgs {
     /// The server's host:port.
-    #[arg(long, default_value = eventline::client::DEFAULT_SERVER)]
+    #[arg(long, default_value = client::DEFAULT_SERVER)]
     server: String,
     /// Seconds any network wait may take (connecting, a PONG, an +ACK, the next query result);
     /// waiting for live messages has no limit.
-    #[arg(long, default_value_t = eventline::client::DEFAULT_TIMEOUT.as_secs_f64(), value_parser = seconds)]
+    #[arg(long, default_value_t = client::DEFAULT_TIMEOUT.as_secs_f64(), value_parser = seconds)]
     timeout: f64,
 }
 
@@ -174,7 +177,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
-        Command::Bench(args) => runtime.block_on(eventline::bench::run(args)),
+        Command::Bench(args) => runtime.block_on(bench::run(args)),
         Command::Pub(args) => return client_exit(runtime.block_on(publish(args))),
         Command::Sub(args) => return client_exit(runtime.block_on(subscribe(args))),
         Command::Fetch(args) => return client_exit(runtime.block_on(fetch(args))),

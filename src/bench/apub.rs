@@ -20,7 +20,7 @@ use super::jetstream::{self, Api, PubAck};
 use super::stats::{Percentiles, grouped, mb, per_sec, since};
 use super::{BenchError, CommonArgs, Target, TargetArgs};
 use crate::client::{Client, Fill};
-use crate::protocol::client::{Delivery, Received};
+use eventline::protocol::client::{Delivery, Received};
 
 /// Arguments of `eventline bench apub`.
 #[derive(Args, Debug, Clone)]

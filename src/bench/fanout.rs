@@ -19,7 +19,7 @@ use super::receive::{self, Counter};
 use super::stats::{Summary, grouped, mb, per_sec, share};
 use super::{BenchError, CommonArgs};
 use crate::client::{CONNECT, Client};
-use crate::protocol::client::Delivery;
+use eventline::protocol::client::Delivery;
 
 /// Bytes of `PUB` frames per write: big enough that a write is a syscall per ~64 KiB,
 /// small enough to stay in cache.

@@ -11,7 +11,7 @@ use tokio::time::{Instant, sleep};
 
 use super::BenchError;
 use crate::client::{Client, Fill};
-use crate::protocol::client::{Delivery, Received};
+use eventline::protocol::client::{Delivery, Received};
 
 /// With `no_responders`, a request nobody answers gets a 503 status at once, not a timeout.
 pub(super) const CONNECT: &[u8] =

@@ -23,7 +23,7 @@ pub use super::stats::Percentiles;
 use super::stats::{between, grouped, per_sec, since};
 use super::{BenchError, CommonArgs, Target, TargetArgs};
 use crate::client::{CONNECT, Client};
-use crate::protocol::client::Delivery;
+use eventline::protocol::client::Delivery;
 
 /// The pacer's tick: small enough that a batch per tick is a short burst, large enough
 /// that the timer is cheap.

@@ -40,7 +40,6 @@ use serde::Serialize;
 use crate::client::Client;
 
 pub use error::BenchError;
-pub use stats::{Percentiles, Summary};
 
 /// Arguments of `eventline bench`.
 #[derive(Args, Debug)]

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::BenchError;
 use crate::client::{Client, Fill};
-use crate::protocol::client::{Delivery, Received};
+use eventline::protocol::client::{Delivery, Received};
 
 /// What a mode does with the messages its subscriber receives.
 pub(super) trait Counter {

@@ -25,8 +25,8 @@ use super::receive::{self, Counter};
 use super::stats::{grouped, mb, per_sec};
 use super::{BenchError, CommonArgs, Target, TargetArgs};
 use crate::client::{CONNECT, Client};
-use crate::protocol::client::Delivery;
-use crate::protocol::headers;
+use eventline::protocol::client::Delivery;
+use eventline::protocol::headers;
 
 /// The status eventline sends once a catch-up subscription has replayed the log.
 const CAUGHT_UP: u16 = 100;

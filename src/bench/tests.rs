@@ -11,9 +11,9 @@ use super::fanout::{self, FanoutArgs};
 use super::latency::{self, LatencyArgs};
 use super::replay::{self, ReplayArgs};
 use super::{BenchError, CommonArgs, Target, TargetArgs};
-use crate::broker::{Broker, BrokerConfig};
 use crate::client::ClientError;
-use crate::subject::Filter;
+use eventline::broker::{Broker, BrokerConfig};
+use eventline::subject::Filter;
 
 mod jetstream;
 
@@ -26,7 +26,7 @@ async fn server(config: BrokerConfig) -> (String, (oneshot::Sender<()>, tempfile
     let (stop, stopped) = oneshot::channel::<()>();
     let config = BrokerConfig { data: data.path().to_owned(), ..config };
     let broker = Broker::start(config, CancellationToken::new()).expect("open the event log");
-    tokio::spawn(crate::server::run(listener, Arc::new(broker), async {
+    tokio::spawn(eventline::server::run(listener, Arc::new(broker), async {
         let _ = stopped.await;
     }));
     (addr, (stop, data))

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::conn::lossy;
 use super::format::{self, Status};
 use super::{Client, ClientError, Conditions, Range, ops};
-use crate::protocol::client::Received;
+use eventline::protocol::client::Received;
 
 /// The sid of the one subscription or query a command opens.
 const SID: u64 = 1;

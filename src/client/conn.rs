@@ -18,7 +18,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::codec::Decoder;
 
 use super::ClientError;
-use crate::protocol::client::{Received, ServerCodec};
+use eventline::protocol::client::{Received, ServerCodec};
 
 /// The usual `CONNECT`: no `+OK` per op (acknowledgements would compete with messages for
 /// the read path), subjects checked here rather than by the server, and headers on, since

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::protocol::ProtocolError;
+use eventline::protocol::ProtocolError;
 
 /// The exit code of a command the server refused (`-NAK`, a failed query).
 pub const EXIT_REFUSED: u8 = 1;

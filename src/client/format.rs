@@ -3,8 +3,8 @@
 
 use std::fmt::Write as _;
 
-use crate::protocol::client::Delivery;
-use crate::protocol::headers::{self, LAST_SEQUENCE, SEQUENCE, TIME_STAMP};
+use eventline::protocol::client::Delivery;
+use eventline::protocol::headers::{self, LAST_SEQUENCE, SEQUENCE, TIME_STAMP};
 
 /// A status message (`NATS/1.0 <code> <description>`, no payload) on a catch-up
 /// subscription or a query: `100 Caught Up`, `204 End Of Results`, `500 Storage Failure`.

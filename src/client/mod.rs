@@ -16,8 +16,8 @@ pub mod ops;
 use std::time::Duration;
 
 pub use commands::{Endpoint, Subscription, fetch, publish, subscribe};
-pub use conn::{Ack, CONNECT, Client, Fill, ServerInfo};
-pub use error::{ClientError, EXIT_ERROR, EXIT_REFUSED};
+pub use conn::{Ack, CONNECT, Client, Fill};
+pub use error::ClientError;
 pub use ops::{Conditions, Range};
 
 /// The server the commands talk to unless told otherwise, as natscli's default.

@@ -1,12 +1,12 @@
 //! The client ops the command-line client sends, built and checked before anything is sent:
-//! subjects and filters by [`crate::subject`]'s rules, extension options by the same parsers
+//! subjects and filters by [`eventline::subject`]'s rules, extension options by the same parsers
 //! the server uses, so an op that leaves here is one the server can read.
 
 use bytes::{BufMut, BytesMut};
 
 use super::ClientError;
-use crate::protocol::{publish_options, query, start};
-use crate::subject::{is_valid_filter, is_valid_subject};
+use eventline::protocol::{publish_options, query, start};
+use eventline::subject::{is_valid_filter, is_valid_subject};
 
 /// The conditions and identity of an acknowledged publish (`APUB` options).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
