@@ -563,7 +563,7 @@ async fn bad_starts_are_refused_and_the_connection_stays_open() {
     for filter in ["a..b", "a.>.b", "a.b."] {
         raw.send(&format!("SUB {filter} 1 FROM 0\r\n")).await;
         let line = raw.line().await;
-        assert!(line.starts_with("-NAK 'invalid filter: "), "SUB {filter} 1 FROM 0: got {line:?}");
+        assert!(line.starts_with(&format!("-NAK 'invalid filter {filter}: ")), "SUB {filter} 1 FROM 0: got {line:?}");
     }
     assert_eq!(raw.sync().await, Vec::<String>::new(), "still open, nothing started");
 

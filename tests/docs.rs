@@ -1,7 +1,8 @@
 //! protocol.md is the contract: its limits and error texts must be the code's.
 
 use eventline::broker::{BrokerError, DEFAULT_MAX_PENDING, DEFAULT_PING_INTERVAL, MAX_PINGS_OUT};
-use eventline::protocol::{DEFAULT_MAX_PAYLOAD, MAX_CONTROL_LINE, ProtocolError, Usage};
+use eventline::protocol::{DEFAULT_MAX_PAYLOAD, MAX_CONTROL_LINE, ProtocolError, Refusal, Usage};
+use eventline::subject::SubjectError;
 
 fn protocol_md() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/protocol.md")).expect("protocol.md exists")
@@ -36,6 +37,79 @@ fn every_error_text_is_documented() {
         assert!(doc.contains(&format!("`{}`", error.wire_text())), "protocol.md lacks {:?}", error.wire_text());
     }
     assert!(doc.contains("`Stale Connection`"));
+}
+
+/// Every refusal, with the placeholder each of its values stands for in protocol.md's table.
+fn every_refusal() -> Vec<(Refusal, Vec<(&'static str, &'static str)>)> {
+    let text = |s: &str| s.to_owned();
+    let ea = vec![("9001", "E"), ("9002", "A")];
+    let all = vec![
+        (Refusal::NotKeyValue(text("K")), vec![]),
+        (Refusal::UnknownOption(text("K")), vec![]),
+        (Refusal::NotANumber(text("K")), vec![]),
+        (Refusal::BadUnchangedSince, vec![]),
+        (Refusal::BadHeader { header: "H", reason: "R" }, vec![]),
+        (Refusal::InvalidTime { time: text("T"), reason: text("R") }, vec![]),
+        (Refusal::TimeOutOfRange(text("T")), vec![]),
+        (Refusal::InvalidStart(text("S")), vec![]),
+        (Refusal::StartBeyondHead { start: 9001, head: 9002 }, vec![("9001", "N"), ("9002", "H")]),
+        (Refusal::InvalidFilter { filter: text("F"), reason: SubjectError::EmptyToken }, vec![("empty token", "R")]),
+        (Refusal::NoFilter, vec![]),
+        (Refusal::InvalidRequest(text("R")), vec![]),
+        (Refusal::SidInUse(text("S")), vec![]),
+        (Refusal::InvalidSubject, vec![]),
+        (Refusal::Volatile(text("S")), vec![]),
+        (Refusal::NoSubscription(text("S")), vec![]),
+        (Refusal::LastSequence { expected: 9001, actual: 9002 }, ea.clone()),
+        (Refusal::LastSubjectSequence { expected: 9001, actual: 9002 }, ea.clone()),
+        (Refusal::Revision { expected: 9001, actual: 9002 }, ea),
+        (Refusal::Changed { filter: text("F"), after: 9001, actual: 9002 }, vec![("9001", "P"), ("9002", "A")]),
+        (Refusal::StorageFailure, vec![]),
+        (Refusal::ReadFailed(text("R")), vec![]),
+    ];
+    // Does not compile when a refusal is added without a line above.
+    for (refusal, _) in &all {
+        match refusal {
+            Refusal::NotKeyValue(_)
+            | Refusal::UnknownOption(_)
+            | Refusal::NotANumber(_)
+            | Refusal::BadUnchangedSince
+            | Refusal::BadHeader { .. }
+            | Refusal::InvalidTime { .. }
+            | Refusal::TimeOutOfRange(_)
+            | Refusal::InvalidStart(_)
+            | Refusal::StartBeyondHead { .. }
+            | Refusal::InvalidFilter { .. }
+            | Refusal::NoFilter
+            | Refusal::InvalidRequest(_)
+            | Refusal::SidInUse(_)
+            | Refusal::InvalidSubject
+            | Refusal::Volatile(_)
+            | Refusal::NoSubscription(_)
+            | Refusal::LastSequence { .. }
+            | Refusal::LastSubjectSequence { .. }
+            | Refusal::Revision { .. }
+            | Refusal::Changed { .. }
+            | Refusal::StorageFailure
+            | Refusal::ReadFailed(_) => {}
+        }
+    }
+    all
+}
+
+/// Each `-NAK` text, with its values as protocol.md's placeholders, is a row of the
+/// refusals table, with its JSON code.
+#[test]
+fn every_refusal_is_documented_with_its_code() {
+    let doc = protocol_md();
+    for (refusal, placeholders) in every_refusal() {
+        let text = placeholders.iter().fold(refusal.to_string(), |text, (value, name)| text.replace(value, name));
+        let row = doc
+            .lines()
+            .find(|line| line.starts_with(&format!("| `{text}` |")))
+            .unwrap_or_else(|| panic!("protocol.md has no refusals row for `{text}`"));
+        assert!(row.ends_with(&format!("| {} |", refusal.code())), "{row}: expected code {}", refusal.code());
+    }
 }
 
 #[test]

@@ -305,9 +305,9 @@ async fn el_sub_errors_are_json() {
     let cases = [
         (json!({"filter": ">", "start": "yesterday", "deliver": deliver}), "invalid start position yesterday"),
         (json!({"filter": ">", "start": 12, "deliver": deliver}), "start sequence 12 is beyond the head 10"),
-        (json!({"filter": "a..b", "start": "0", "deliver": deliver}), "invalid filter: "),
+        (json!({"filter": "a..b", "start": "0", "deliver": deliver}), "invalid filter a..b: "),
         (json!({"filter": ">", "start": "0", "deliver": "nobody.here"}), "no subscription of this connection matches"),
-        (json!({"filter": ">", "start": -1, "deliver": deliver}), "start must be"),
+        (json!({"filter": ">", "start": -1, "deliver": deliver}), "invalid start position -1"),
         (json!({"filter": ">", "deliver": deliver}), "invalid request: "),
         (json!({"filter": ">", "start": "0", "deliver": deliver, "colour": "red"}), "invalid request: "),
     ];

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use tracing::warn;
 
 use super::{Outbound, Pushed};
-use crate::protocol::{Query, Start, headers};
+use crate::protocol::{Query, Refusal, Start, headers};
 use crate::store::{Event, Store, StoreError};
 use crate::subject::Filter;
 
@@ -265,8 +265,8 @@ impl CatchUp {
 
 /// Runs a one-shot query: matching events in sequence order, at most `limit`, then a
 /// `204 End Of Results` status with the count (or `400` with the reason if it failed).
-pub(super) async fn fetch(store: Arc<Store>, head: u64, query: Query, filters: Vec<Filter>, sink: Sink, end: Bytes) {
-    let result = fetch_events(&store, head, &query, &filters, &sink).await;
+pub(super) async fn fetch(store: Arc<Store>, head: u64, query: Query, sink: Sink, end: Bytes) {
+    let result = fetch_events(&store, head, &query, &sink).await;
     let mut numbers = itoa::Buffer::new();
     match result {
         Ok((count, last)) => {
@@ -286,13 +286,7 @@ pub(super) async fn fetch(store: Arc<Store>, head: u64, query: Query, filters: V
 }
 
 /// Delivers the query's events; returns how many, and the last sequence it considered.
-async fn fetch_events(
-    store: &Arc<Store>,
-    head: u64,
-    query: &Query,
-    filters: &[Filter],
-    sink: &Sink,
-) -> Result<(u64, u64), StoreError> {
+async fn fetch_events(store: &Arc<Store>, head: u64, query: &Query, sink: &Sink) -> Result<(u64, u64), StoreError> {
     let mut from = query.from_seq.max(1);
     let mut to = query.to_seq.min(head);
     if let Some(since) = query.since {
@@ -304,7 +298,7 @@ async fn fetch_events(
         to = to.min(blocking(move || reader.first_at_or_after(until, head)).await?.saturating_sub(1));
     }
     let mut count = 0;
-    let filters: Arc<[Filter]> = filters.into();
+    let filters: Arc<[Filter]> = query.filters.clone().into();
     while from <= to && count < query.limit {
         let (reader, filters) = (Arc::clone(store), Arc::clone(&filters));
         let want = usize::try_from(query.limit - count).unwrap_or(usize::MAX).min(CHUNK);
@@ -335,15 +329,15 @@ async fn blocking<T: Send + 'static>(
 ///
 /// # Errors
 /// A reason for the client when the start is past the head, or the log failed.
-pub(super) async fn initial_delivered(store: &Arc<Store>, start: Start, head: u64) -> Result<u64, String> {
+pub(super) async fn initial_delivered(store: &Arc<Store>, start: Start, head: u64) -> Result<u64, Refusal> {
     match start {
-        Start::Seq(seq) if seq > head + 1 => Err(format!("start sequence {seq} is beyond the head {head}")),
+        Start::Seq(seq) if seq > head + 1 => Err(Refusal::StartBeyondHead { start: seq, head }),
         Start::Seq(seq) => Ok(seq.max(1) - 1),
         Start::New | Start::LastPerSubject => Ok(head),
         Start::Time(time) => {
             let reader = Arc::clone(store);
             let first = blocking(move || reader.first_at_or_after(time, head)).await;
-            first.map(|seq| seq - 1).map_err(|error| format!("reading the log failed: {error}"))
+            first.map(|seq| seq - 1).map_err(|error| Refusal::ReadFailed(error.to_string()))
         }
     }
 }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::watch;
 use tracing::warn;
 
@@ -15,7 +14,7 @@ use super::router::Router;
 use super::session::push_no_responders;
 use super::timeline::{AckTo, Append, Outcome, outcome_json};
 use super::{MAX_STALL, Outbound};
-use crate::protocol::{Pub, ServerOp};
+use crate::protocol::{Pub, Refusal, ServerOp};
 use crate::store::Event;
 
 /// An admitted append, waiting for its batch to commit.
@@ -141,12 +140,7 @@ fn acknowledge(router: &Router, ack: &AckTo, outcome: &Outcome) {
             outbound.push_op(&ack_line(outcome));
         }
         AckTo::Reply(subject) => {
-            let reply = Pub {
-                subject: subject.clone(),
-                reply: None,
-                headers: None,
-                payload: Bytes::from(outcome_json(outcome).to_string()),
-            };
+            let reply = Pub { subject: subject.clone(), reply: None, headers: None, payload: outcome_json(outcome) };
             router.route(&reply, 0, true);
         }
     }
@@ -157,7 +151,7 @@ fn ack_line(outcome: &Outcome) -> ServerOp {
     match outcome {
         Outcome::Stored { seq, revision } => ServerOp::Ack { seq: *seq, revision: *revision, duplicate: false },
         Outcome::Duplicate { seq, revision } => ServerOp::Ack { seq: *seq, revision: *revision, duplicate: true },
-        Outcome::Rejected(conflict) => ServerOp::Nak(conflict.to_string()),
-        Outcome::Failed => ServerOp::Nak("storage failure: the event was not stored".to_owned()),
+        Outcome::Rejected(refusal) => ServerOp::Nak(refusal.clone()),
+        Outcome::Failed => ServerOp::Nak(Refusal::StorageFailure),
     }
 }

@@ -14,7 +14,8 @@ use super::router::Router;
 use super::timeline::{AckTo, Append, MAX_REQUEST_APPENDS, MAX_REQUEST_BYTES, Request};
 use super::{Broker, BrokerError, Outbound, Subscription};
 use crate::protocol::{
-    ClientOp, Connect, FetchRequest, Info, Pub, Query, ServerOp, Start, SubscribeRequest, publish_options, query,
+    ApiRequest, CatchUp as CatchUpRequest, ClientOp, Connect, Info, Pub, PublishOptions, Query, Refusal, ServerOp,
+    Start, Subscribe, api,
 };
 use crate::subject::{Filter, is_valid_subject, matches};
 
@@ -44,15 +45,6 @@ pub struct Session {
     append_bytes: usize,
 }
 
-/// Requests on `$EL.PUB.<subject>` store a message on `<subject>` and answer with JSON.
-const PUBLISH_API: &[u8] = b"$EL.PUB.";
-/// `$EL.SUB`: start a catch-up subscription (JSON body, see [`SubscribeRequest`]).
-const SUBSCRIBE_API: &[u8] = b"$EL.SUB";
-/// `$EL.FETCH`: a one-shot query (JSON body, see [`FetchRequest`]).
-const FETCH_API: &[u8] = b"$EL.FETCH";
-/// `$EL.LAST.<subject>`: the last event of a subject.
-const LAST_API: &[u8] = b"$EL.LAST.";
-
 /// Routes a volatile message now; returns a subscriber it pushed lagging (see `LAGGING_AT_MOST`).
 /// With `no_responders` (the requester's reply sid), a message nobody took is answered 503.
 fn route_live(
@@ -70,28 +62,15 @@ fn route_live(
     routed.lagging
 }
 
-/// Publishes a JSON reply (a `$`-API answer) on a volatile subject.
-fn reply_json(router: &Router, client_id: u64, subject: &Bytes, body: &serde_json::Value) {
-    let reply = Pub { subject: subject.clone(), reply: None, headers: None, payload: Bytes::from(body.to_string()) };
+/// Publishes a JSON reply (a `$EL.` answer) on a volatile subject.
+fn reply_json(router: &Router, client_id: u64, subject: &Bytes, body: Bytes) {
+    let reply = Pub { subject: subject.clone(), reply: None, headers: None, payload: body };
     router.route(&reply, client_id, true);
 }
 
 /// Queues the 503 status nats-server sends a requester whose request reached nobody.
 pub(super) fn push_no_responders(outbound: &Outbound, reply: &[u8], sid: &[u8]) {
     outbound.push_msg(reply, sid, None, Some(NO_RESPONDERS_HEADER), &Bytes::new());
-}
-
-/// The `$EL.` requests answered by the session (`$EL.PUB.` is a publish, see `publish`).
-enum ApiRequest {
-    Subscribe,
-    Fetch,
-    /// The last event of this subject.
-    Last(Bytes),
-}
-
-/// A `$`-API error body, shaped like JetStream's.
-fn error_json(code: u16, description: &str) -> serde_json::Value {
-    serde_json::json!({"error": {"code": code, "description": description}})
 }
 
 /// Smallest subscription map that is swept for ended subscriptions.
@@ -155,23 +134,36 @@ impl Session {
                 false
             }
             ClientOp::Apub(message, options) => {
-                self.publish_acknowledged(message, &options).await;
+                self.publish_acknowledged(message, options).await;
                 false
             }
-            ClientOp::CatchUp { filter, sid, start } => {
-                let started = if self.subscriptions.contains_key(&sid) {
-                    Err(format!("sid {} is already in use", String::from_utf8_lossy(&sid)))
-                } else {
-                    let sink = Sink { outbound: Arc::clone(&self.outbound), sid };
-                    self.catch_up(&filter, crate::protocol::start(&start), sink, filter.clone()).await
+            ClientOp::CatchUp { sid, catch_up } => {
+                let started = match catch_up {
+                    _ if self.subscriptions.contains_key(&sid) => Err(Refusal::SidInUse(lossy(&sid))),
+                    Ok(catch_up) => {
+                        let marker = catch_up.filter.clone().into_bytes();
+                        self.catch_up(catch_up, Sink { outbound: Arc::clone(&self.outbound), sid }, marker).await
+                    }
+                    Err(refusal) => Err(refusal),
                 };
                 self.refuse(started.err())
             }
-            ClientOp::Fetch { sid, filters, options } => {
+            ClientOp::Fetch { sid, query } => {
                 self.settle().await;
                 let sink = Sink { outbound: Arc::clone(&self.outbound), sid };
-                let started = query(&filters, &options).and_then(|query| self.fetch(query, sink, filters));
+                // The end status goes out on the filters, as typed.
+                let end =
+                    |query: &Query| query.filters.iter().map(Filter::as_bytes).collect::<Vec<_>>().join(&b","[..]);
+                let started = query.map(|query| self.fetch(Bytes::from(end(&query)), query, sink));
                 self.refuse(started.err())
+            }
+            ClientOp::Request { request, reply } => {
+                // nats-server acknowledges before routing, as for any `PUB`.
+                if self.options.verbose {
+                    self.outbound.push_op(&ServerOp::Ok);
+                }
+                self.api_request(request, reply).await;
+                false
             }
             ClientOp::Sub { subject, queue, sid } => {
                 self.subscribe(subject, queue, sid).await?;
@@ -215,21 +207,9 @@ impl Session {
         if !deliverable {
             return Ok(());
         }
-        if message.subject.starts_with(b"$EL.") {
-            if let Some(reply) = message.reply.clone() {
-                if self.api_request(&message, reply).await {
-                    return Ok(());
-                }
-            }
-        }
-        if let Some(stored) = message.subject.strip_prefix(PUBLISH_API) {
-            let ack = message.reply.clone().map_or(AckTo::Nobody, AckTo::Reply);
-            let message = Pub { subject: message.subject.slice_ref(stored), reply: None, ..message };
-            self.store(message, Bytes::new(), ack).await;
-            return Ok(());
-        }
         if !self.broker.is_volatile(&message.subject) {
-            self.store(message, Bytes::new(), AckTo::Nobody).await;
+            let options = message.publish_options();
+            self.store(message, options, AckTo::Nobody).await;
             return Ok(());
         }
         let no_responders = match &message.reply {
@@ -260,29 +240,39 @@ impl Session {
     }
 
     /// `APUB`: stored, then answered with `+ACK` or `-NAK`.
-    async fn publish_acknowledged(&mut self, message: Pub, options: &Bytes) {
-        if !is_valid_subject(&message.subject) {
-            self.nak_in_order("invalid subject: wildcards and empty tokens cannot be stored".to_owned()).await;
+    async fn publish_acknowledged(&mut self, message: Pub, options: Result<PublishOptions, Refusal>) {
+        let options = if !is_valid_subject(&message.subject) {
+            Err(Refusal::InvalidSubject)
         } else if self.broker.is_volatile(&message.subject) {
-            let subject = String::from_utf8_lossy(&message.subject);
-            self.nak_in_order(format!("subject {subject} is volatile: it is delivered but never stored")).await;
+            Err(Refusal::Volatile(lossy(&message.subject)))
         } else {
-            self.store(message, options.clone(), AckTo::Line(Arc::clone(&self.outbound))).await;
-        }
+            options
+        };
+        self.store(message, options, AckTo::Line(Arc::clone(&self.outbound))).await;
+    }
+
+    /// `$EL.PUB.<subject>`: stored, then answered with JSON on `reply`, if any.
+    async fn publish_requested(&mut self, message: Pub, reply: Option<Bytes>) {
+        let options = if self.broker.is_volatile(&message.subject) {
+            Err(Refusal::Volatile(lossy(&message.subject)))
+        } else {
+            message.publish_options()
+        };
+        self.store(message, options, reply.map_or(AckTo::Nobody, AckTo::Reply)).await;
     }
 
     /// Hands a message for a stored subject to the timeline writer, which delivers it once
-    /// durable and answers `ack`. A condition that does not parse refuses the message.
-    async fn store(&mut self, message: Pub, line_options: Bytes, ack: AckTo) {
-        let options = match publish_options(&line_options, message.headers.as_deref()) {
+    /// durable and answers `ack`; a refused one is answered in order, and not stored.
+    async fn store(&mut self, message: Pub, options: Result<PublishOptions, Refusal>, ack: AckTo) {
+        let options = match options {
             Ok(options) => options,
             Err(reason) => {
                 match ack {
                     AckTo::Line(_) => self.nak_in_order(reason).await,
                     AckTo::Reply(subject) => {
                         let router = Arc::clone(&self.broker.router);
-                        let (client_id, body) = (self.client_id, error_json(400, &reason));
-                        self.in_order(move || reply_json(&router, client_id, &subject, &body)).await;
+                        let (client_id, body) = (self.client_id, api::refused(&reason));
+                        self.in_order(move || reply_json(&router, client_id, &subject, body)).await;
                     }
                     AckTo::Nobody => debug!(client = self.client_id, %reason, "publish refused"),
                 }
@@ -324,7 +314,7 @@ impl Session {
 
     /// Refuses an `APUB` after the answers to this client's earlier ones: a connection's
     /// answers come in the order of its publishes.
-    async fn nak_in_order(&mut self, reason: String) {
+    async fn nak_in_order(&mut self, reason: Refusal) {
         let outbound = Arc::clone(&self.outbound);
         self.in_order(move || {
             outbound.push_op(&ServerOp::Nak(reason));
@@ -332,8 +322,8 @@ impl Session {
         .await;
     }
 
-    /// Publishes a JSON reply (a `$`-API answer) on a volatile subject.
-    fn reply_json(&self, subject: &Bytes, body: &serde_json::Value) {
+    /// Publishes a JSON reply (a `$EL.` answer) on a volatile subject.
+    fn reply_json(&self, subject: &Bytes, body: Bytes) {
         reply_json(&self.broker.router, self.client_id, subject, body);
     }
 
@@ -411,7 +401,7 @@ impl Session {
 
     /// Answers an extension request that failed with `-NAK '<reason>'` (the connection
     /// stays open); returns whether to `+OK` in verbose mode.
-    fn refuse(&self, reason: Option<String>) -> bool {
+    fn refuse(&self, reason: Option<Refusal>) -> bool {
         match reason {
             Some(reason) => {
                 self.outbound.push_op(&ServerOp::Nak(reason));
@@ -423,20 +413,13 @@ impl Session {
 
     /// Starts a catch-up subscription delivering to `sink`. It is registered for fan-out
     /// before the head is read, so nothing appended in between can be missed.
-    async fn catch_up(
-        &mut self,
-        filter: &Bytes,
-        start: Result<Start, String>,
-        sink: Sink,
-        marker: Bytes,
-    ) -> Result<(), String> {
-        let start = start?;
-        let filter = Filter::new(filter.clone()).map_err(|e| format!("invalid filter: {e}"))?;
+    async fn catch_up(&mut self, request: CatchUpRequest, sink: Sink, marker: Bytes) -> Result<(), Refusal> {
         if self.catchups.contains_key(&sink.sid) {
-            return Err(format!("sid {} is already in use", String::from_utf8_lossy(&sink.sid)));
+            return Err(Refusal::SidInUse(lossy(&sink.sid)));
         }
         self.settle().await;
         let sid = sink.sid.clone();
+        let CatchUpRequest { filter, start } = request;
         let catchup = Arc::new(CatchUp::new(self.broker.router.next_id(), filter, sink, marker, 0));
         self.broker.router.add_catchup(&catchup);
         let head = self.broker.head();
@@ -455,43 +438,32 @@ impl Session {
     }
 
     /// Starts a one-shot query delivering to `sink`, ended by a status on `end`.
-    fn fetch(&self, query: Query, sink: Sink, end: Bytes) -> Result<(), String> {
-        let filters = query
-            .filters
-            .iter()
-            .map(|f| Filter::new(f.clone()).map_err(|e| format!("invalid filter {}: {e}", String::from_utf8_lossy(f))))
-            .collect::<Result<Vec<_>, _>>()?;
-        if filters.is_empty() {
-            return Err("a query needs at least one subject filter".to_owned());
-        }
+    fn fetch(&self, end: Bytes, query: Query, sink: Sink) {
         let store = Arc::clone(&self.broker.store);
-        tokio::spawn(catchup::fetch(store, self.broker.head(), query, filters, sink, end));
-        Ok(())
+        tokio::spawn(catchup::fetch(store, self.broker.head(), query, sink, end));
     }
 
-    /// The `$EL.` request API for NATS client libraries; false if `message` is none of it.
-    /// Answers go to `reply`: JSON for `$EL.SUB` and errors, events and an end status for
-    /// `$EL.FETCH` and `$EL.LAST.<subject>` (on the requester's subscription to `reply`).
-    async fn api_request(&mut self, message: &Pub, reply: Bytes) -> bool {
-        let subject = &message.subject[..];
-        let request = if subject == SUBSCRIBE_API {
-            ApiRequest::Subscribe
-        } else if subject == FETCH_API {
-            ApiRequest::Fetch
-        } else if let Some(last_of) = subject.strip_prefix(LAST_API) {
-            ApiRequest::Last(message.subject.slice_ref(last_of))
-        } else {
-            return false;
+    /// A `$EL.` request from a NATS client library. Answers go to `reply`: JSON for
+    /// `$EL.PUB`, `$EL.SUB` and refusals; events and an end status for `$EL.FETCH` and
+    /// `$EL.LAST.<subject>` (on the requester's subscription to `reply`).
+    async fn api_request(&mut self, request: ApiRequest, reply: Option<Bytes>) {
+        let (request, reply) = match (request, reply) {
+            (ApiRequest::Publish(message), reply) => return self.publish_requested(message, reply).await,
+            (request, Some(reply)) => (request, reply),
+            // The codec makes the other requests only from messages with a reply.
+            (_, None) => return,
         };
         // The answer must find the requester's reply subscription, which may still be
         // waiting behind its own stored publishes; and a query must see those publishes.
         self.settle().await;
         let result = match request {
-            ApiRequest::Subscribe => self.api_subscribe(&message.payload).await,
-            ApiRequest::Fetch => serde_json::from_slice::<FetchRequest>(&message.payload)
-                .map_err(|e| format!("invalid request: {e}"))
-                .and_then(|request| request.query())
-                .and_then(|query| self.sink_for(&reply).and_then(|sink| self.fetch(query, sink, reply.clone())))
+            ApiRequest::Publish(_) => Ok(None),
+            ApiRequest::Subscribe(request) => match request {
+                Ok(request) => self.api_subscribe(request).await.map(Some),
+                Err(refusal) => Err(refusal),
+            },
+            ApiRequest::Fetch(query) => query
+                .and_then(|query| self.sink_for(&reply).map(|sink| self.fetch(reply.clone(), query, sink)))
                 .map(|()| None),
             ApiRequest::Last(last_of) => self.sink_for(&reply).map(|sink| {
                 let (store, head) = (Arc::clone(&self.broker.store), self.broker.head());
@@ -500,31 +472,31 @@ impl Session {
             }),
         };
         match result {
-            Ok(Some(answer)) => self.reply_json(&reply, &answer),
+            Ok(Some(answer)) => self.reply_json(&reply, answer),
             Ok(None) => {}
-            Err(reason) => self.reply_json(&reply, &error_json(400, &reason)),
+            Err(refusal) => self.reply_json(&reply, api::refused(&refusal)),
         }
-        true
     }
 
     /// `$EL.SUB`: a catch-up subscription delivering on the requester's subscription to
     /// the request's `deliver` subject.
-    async fn api_subscribe(&mut self, body: &[u8]) -> Result<Option<serde_json::Value>, String> {
-        let request: SubscribeRequest = serde_json::from_slice(body).map_err(|e| format!("invalid request: {e}"))?;
-        let deliver = Bytes::copy_from_slice(request.deliver.as_bytes());
-        let sink = self.sink_for(&deliver)?;
-        let filter = Bytes::copy_from_slice(request.filter.as_bytes());
-        self.catch_up(&filter, request.start(), sink, deliver).await?;
-        Ok(Some(serde_json::json!({"ok": true, "filter": request.filter, "head": self.broker.head()})))
+    async fn api_subscribe(&mut self, request: Subscribe) -> Result<Bytes, Refusal> {
+        let sink = self.sink_for(&request.deliver)?;
+        let filter = request.catch_up.filter.clone();
+        self.catch_up(request.catch_up, sink, request.deliver).await?;
+        Ok(api::subscribed(&filter, self.broker.head()))
     }
 
     /// Delivery to this client's own subscription on `subject`.
-    fn sink_for(&self, subject: &[u8]) -> Result<Sink, String> {
-        let sid = self.reply_subscription(subject).ok_or_else(|| {
-            format!("no subscription of this connection matches {}", String::from_utf8_lossy(subject))
-        })?;
+    fn sink_for(&self, subject: &[u8]) -> Result<Sink, Refusal> {
+        let sid = self.reply_subscription(subject).ok_or_else(|| Refusal::NoSubscription(lossy(subject)))?;
         Ok(Sink { outbound: Arc::clone(&self.outbound), sid })
     }
+}
+
+/// Text for a refusal that quotes what the client sent.
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 impl Drop for Session {

@@ -28,9 +28,9 @@ use super::checkpoint::Checkpointer;
 use super::delivery::{Admitted, Committed, Completion, Delivery};
 use super::finisher::{Finisher, Handoff};
 use super::router::Router;
-use crate::protocol::{Pub, PublishOptions};
+use crate::protocol::{Pub, PublishOptions, Refusal, api};
 use crate::store::{DedupEntry, Event, Store, StoreError};
-use crate::subject::{Filter, matches};
+use crate::subject::matches;
 
 /// Appends after which a writer batch takes no more requests; the rest wait for the next.
 const MAX_BATCH: usize = 4096;
@@ -137,24 +137,10 @@ pub enum Outcome {
         seq: u64,
         revision: u64,
     },
-    Rejected(Conflict),
+    /// A condition did not hold; nothing was stored or delivered.
+    Rejected(Refusal),
     /// The log failed; nothing more will be acknowledged.
     Failed,
-}
-
-/// A publish condition that did not hold; nothing was stored or delivered.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Conflict {
-    #[error("wrong last sequence: expected {expected}, actual {actual}")]
-    LastSequence { expected: u64, actual: u64 },
-    #[error("wrong last subject sequence: expected {expected}, actual {actual}")]
-    LastSubjectSequence { expected: u64, actual: u64 },
-    #[error("wrong revision: expected {expected}, actual {actual}")]
-    Revision { expected: u64, actual: u64 },
-    #[error("{filter} changed after {after}: sequence {actual}")]
-    Changed { filter: String, after: u64, actual: u64 },
-    #[error("invalid filter {0}")]
-    InvalidFilter(String),
 }
 
 /// The handle connections use to reach the writer.
@@ -480,29 +466,27 @@ impl Writer {
         }
         let subject = &append.message.subject;
         if let Some(expected) = options.expected_last_seq.filter(|&expected| expected != self.head) {
-            return Ok(Outcome::Rejected(Conflict::LastSequence { expected, actual: self.head }));
+            return Ok(Outcome::Rejected(Refusal::LastSequence { expected, actual: self.head }));
         }
         let (last_seq, last_revision) = self.last_of_subject(subject)?;
         if let Some(expected) = options.expected_last_subject_seq.filter(|&expected| expected != last_seq) {
-            return Ok(Outcome::Rejected(Conflict::LastSubjectSequence { expected, actual: last_seq }));
+            return Ok(Outcome::Rejected(Refusal::LastSubjectSequence { expected, actual: last_seq }));
         }
         if let Some(expected) = options.expected_revision.filter(|&expected| expected != last_revision) {
-            return Ok(Outcome::Rejected(Conflict::Revision { expected, actual: last_revision }));
+            return Ok(Outcome::Rejected(Refusal::Revision { expected, actual: last_revision }));
         }
         if let Some(unchanged) = &options.unchanged_since {
             let committed = self.head - batch.len() as u64;
-            for text in &unchanged.filters {
-                let Ok(filter) = Filter::new(text.clone()) else {
-                    return Ok(Outcome::Rejected(Conflict::InvalidFilter(String::from_utf8_lossy(text).into_owned())));
-                };
-                let in_batch = batch.iter().rev().find(|e| e.seq > unchanged.after && matches(text, &e.subject));
+            for filter in &unchanged.filters {
+                let in_batch =
+                    batch.iter().rev().find(|e| e.seq > unchanged.after && matches(filter.as_bytes(), &e.subject));
                 let actual = match in_batch {
                     Some(event) => Some(event.seq),
-                    None => self.store.last_matching(&filter, unchanged.after, committed)?,
+                    None => self.store.last_matching(filter, unchanged.after, committed)?,
                 };
                 if let Some(actual) = actual {
-                    let filter = String::from_utf8_lossy(text).into_owned();
-                    return Ok(Outcome::Rejected(Conflict::Changed { filter, after: unchanged.after, actual }));
+                    let filter = filter.to_string();
+                    return Ok(Outcome::Rejected(Refusal::Changed { filter, after: unchanged.after, actual }));
                 }
             }
         }
@@ -604,24 +588,13 @@ fn next_request(receiver: &mut mpsc::Receiver<Request>) -> Option<Request> {
     }
 }
 
-/// The JSON reply of a `$`-API publish, shaped like JetStream's PubAck.
-pub(crate) fn outcome_json(outcome: &Outcome) -> serde_json::Value {
+/// The JSON reply of a `$EL.PUB` publish.
+pub(crate) fn outcome_json(outcome: &Outcome) -> Bytes {
     match outcome {
-        Outcome::Stored { seq, revision } => serde_json::json!({"seq": seq, "revision": revision, "duplicate": false}),
-        Outcome::Duplicate { seq, revision } => {
-            serde_json::json!({"seq": seq, "revision": revision, "duplicate": true})
-        }
-        Outcome::Rejected(conflict) => {
-            let actual = match conflict {
-                Conflict::LastSequence { actual, .. }
-                | Conflict::LastSubjectSequence { actual, .. }
-                | Conflict::Revision { actual, .. }
-                | Conflict::Changed { actual, .. } => Some(*actual),
-                Conflict::InvalidFilter(_) => None,
-            };
-            serde_json::json!({"error": {"code": 409, "description": conflict.to_string()}, "actual": actual})
-        }
-        Outcome::Failed => serde_json::json!({"error": {"code": 503, "description": "storage failure"}}),
+        Outcome::Stored { seq, revision } => api::published(*seq, *revision, false),
+        Outcome::Duplicate { seq, revision } => api::published(*seq, *revision, true),
+        Outcome::Rejected(refusal) => api::refused(refusal),
+        Outcome::Failed => api::refused(&Refusal::StorageFailure),
     }
 }
 

@@ -5,7 +5,7 @@
 use bytes::{BufMut, BytesMut};
 
 use super::ClientError;
-use eventline::protocol::{publish_options, query, start};
+use eventline::protocol::{PublishOptions, Query, Refusal, Start};
 use eventline::subject::{is_valid_filter, is_valid_subject};
 
 /// The conditions and identity of an acknowledged publish (`APUB` options).
@@ -55,7 +55,7 @@ pub fn publish(subject: &str, payload: &[u8], conditions: Option<&Conditions>) -
         }
     }
     let options = options.join(" ");
-    publish_options(options.as_bytes(), None).map_err(usage)?;
+    PublishOptions::parse(options.as_bytes(), None).map_err(refused)?;
     let verb = if conditions.is_some() { "APUB" } else { "PUB" };
     let mut op = BytesMut::with_capacity(payload.len() + subject.len() + options.len() + 32);
     op.put_slice(format!("{verb} {subject} {}", payload.len()).as_bytes());
@@ -82,7 +82,7 @@ pub fn subscribe(filter: &str, sid: u64, from: Option<&str>) -> Result<String, C
             if from.bytes().any(|b| b.is_ascii_whitespace()) {
                 return Err(usage(format!("start position `{from}` contains blanks")));
             }
-            start(from.as_bytes()).map_err(usage)?;
+            Start::parse(from.as_bytes()).map_err(refused)?;
             Ok(format!("SUB {filter} {sid} FROM {from}\r\n"))
         }
     }
@@ -119,7 +119,7 @@ pub fn fetch(sid: u64, filters: &[String], range: &Range) -> Result<String, Clie
         }
     }
     let (filters, options) = (filters.join(","), options.join(" "));
-    query(filters.as_bytes(), options.as_bytes()).map_err(usage)?;
+    Query::parse(filters.as_bytes(), options.as_bytes()).map_err(refused)?;
     Ok(if options.is_empty() {
         format!("FETCH {sid} {filters}\r\n")
     } else {
@@ -137,6 +137,11 @@ fn check_filter(filter: &str) -> Result<(), ClientError> {
 
 fn usage(reason: String) -> ClientError {
     ClientError::Usage(reason)
+}
+
+/// What the server would refuse, caught before sending it.
+fn refused(refusal: Refusal) -> ClientError {
+    usage(refusal.to_string())
 }
 
 #[cfg(test)]

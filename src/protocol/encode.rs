@@ -40,7 +40,7 @@ pub fn server_op(op: &ServerOp, dst: &mut BytesMut) {
         }
         ServerOp::Nak(reason) => {
             dst.put_slice(b"-NAK '");
-            dst.put_slice(reason.as_bytes());
+            dst.put_slice(reason.to_string().as_bytes());
             dst.put_slice(b"'\r\n");
         }
     }

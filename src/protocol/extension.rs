@@ -1,11 +1,13 @@
-//! The extensions' arguments: publish conditions, catch-up start positions and queries,
-//! from a typed line (`key=value` options) or from a `$`-API JSON request. Both faces
-//! produce the same types, so the broker has one implementation behind them.
+//! The extensions' arguments as typed values: publish conditions, catch-up starts and
+//! queries, from a typed line (`key=value` options) or from a `$EL.` JSON request. Both
+//! faces produce the same types, so the broker has one implementation behind them, and
+//! every argument that does not parse is a [`Refusal`] the client is told about.
 
 use bytes::Bytes;
-use serde::Deserialize;
 
+use super::Refusal;
 use super::headers;
+use crate::subject::Filter;
 
 /// Conditions and identity of a stored publish, from `APUB` options or from headers
 /// (JetStream's names where JetStream has one; see [`headers`]).
@@ -24,47 +26,56 @@ pub struct PublishOptions {
 }
 
 impl PublishOptions {
-    /// These options with every condition `other` sets taking precedence.
-    pub fn overridden_by(self, other: PublishOptions) -> PublishOptions {
-        PublishOptions {
-            msg_id: other.msg_id.or(self.msg_id),
-            expected_last_seq: other.expected_last_seq.or(self.expected_last_seq),
-            expected_last_subject_seq: other.expected_last_subject_seq.or(self.expected_last_subject_seq),
-            expected_revision: other.expected_revision.or(self.expected_revision),
-            unchanged_since: other.unchanged_since.or(self.unchanged_since),
-        }
+    /// The publish conditions carried in a header block.
+    ///
+    /// # Errors
+    /// [`Refusal::BadHeader`] (or [`Refusal::InvalidFilter`]) if a condition header does not parse.
+    pub fn from_headers(block: &[u8]) -> Result<PublishOptions, Refusal> {
+        let number = |header: &'static str| -> Result<Option<u64>, Refusal> {
+            headers::value(block, header)
+                .map(|v| {
+                    headers::parse_u64(v).ok_or(Refusal::BadHeader { header, reason: "not a non-negative integer" })
+                })
+                .transpose()
+        };
+        Ok(PublishOptions {
+            msg_id: headers::value(block, headers::MSG_ID).filter(|v| !v.is_empty()).map(Bytes::copy_from_slice),
+            expected_last_seq: number(headers::EXPECTED_LAST_SEQUENCE)?,
+            expected_last_subject_seq: number(headers::EXPECTED_LAST_SUBJECT_SEQUENCE)?,
+            expected_revision: number(headers::EXPECTED_REVISION)?,
+            unchanged_since: headers::value(block, headers::UNCHANGED_SINCE).map(unchanged_header).transpose()?,
+        })
     }
-}
 
-/// The options of an `APUB` line (`msg-id=ID expect-seq=N expect-subject-seq=N
-/// expect-rev=N unchanged-since=SEQ:FILTER[,FILTER...]`) on top of the conditions in its
-/// header block, if it has one.
-///
-/// # Errors
-/// A one-line reason naming the bad option or header.
-pub fn publish_options(text: &[u8], header_block: Option<&[u8]>) -> Result<PublishOptions, String> {
-    let from_headers = header_block.map(headers::publish_options).transpose().map_err(|e| e.to_string())?;
-    let mut options = PublishOptions::default();
-    for word in text.split(|&b| b == b' ' || b == b'\t').filter(|w| !w.is_empty()) {
-        let text = String::from_utf8_lossy(word);
-        let (key, value) = text.split_once('=').ok_or_else(|| format!("option {text} is not key=value"))?;
-        let number = || value.parse::<u64>().map_err(|_| format!("option {key} needs a non-negative integer"));
-        match key {
-            "msg-id" if !value.is_empty() => options.msg_id = Some(Bytes::copy_from_slice(value.as_bytes())),
-            "expect-seq" => options.expected_last_seq = Some(number()?),
-            "expect-subject-seq" => options.expected_last_subject_seq = Some(number()?),
-            "expect-rev" => options.expected_revision = Some(number()?),
-            "unchanged-since" => {
-                let spec = value.replacen(':', " ", 1);
-                options.unchanged_since = Some(
-                    headers::unchanged(spec.as_bytes())
-                        .map_err(|_| "option unchanged-since needs SEQ:FILTER[,FILTER...]".to_owned())?,
-                );
+    /// The options of an `APUB` line (`msg-id=ID expect-seq=N expect-subject-seq=N
+    /// expect-rev=N unchanged-since=SEQ:FILTER[,FILTER...]`) on top of the conditions in
+    /// its header block, if it has one: the line's take precedence.
+    ///
+    /// # Errors
+    /// The [`Refusal`] naming the bad option or header.
+    pub fn parse(line: &[u8], header_block: Option<&[u8]>) -> Result<PublishOptions, Refusal> {
+        let mut options = header_block.map(PublishOptions::from_headers).transpose()?.unwrap_or_default();
+        for (key, value) in key_values(line)? {
+            let number = || value.parse::<u64>().map_err(|_| Refusal::NotANumber(key.to_owned()));
+            match key {
+                "msg-id" if !value.is_empty() => options.msg_id = Some(Bytes::copy_from_slice(value.as_bytes())),
+                "expect-seq" => options.expected_last_seq = Some(number()?),
+                "expect-subject-seq" => options.expected_last_subject_seq = Some(number()?),
+                "expect-rev" => options.expected_revision = Some(number()?),
+                "unchanged-since" => {
+                    let (after, filters) = value.split_once(':').ok_or(Refusal::BadUnchangedSince)?;
+                    let after = after.parse().map_err(|_| Refusal::BadUnchangedSince)?;
+                    let filters = self::filters(filters.as_bytes().split(|&b| b == b','))?;
+                    if filters.is_empty() {
+                        return Err(Refusal::BadUnchangedSince);
+                    }
+                    options.unchanged_since = Some(Unchanged { after, filters });
+                }
+                _ => return Err(Refusal::UnknownOption(key.to_owned())),
             }
-            _ => return Err(format!("unknown option {key}")),
         }
+        Ok(options)
     }
-    Ok(from_headers.unwrap_or_default().overridden_by(options))
 }
 
 /// "Reject if any event matching one of `filters` was appended after sequence `after`":
@@ -72,7 +83,7 @@ pub fn publish_options(text: &[u8], header_block: Option<&[u8]>) -> Result<Publi
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unchanged {
     pub after: u64,
-    pub filters: Vec<Bytes>,
+    pub filters: Vec<Filter>,
 }
 
 /// Where a catch-up subscription starts.
@@ -88,36 +99,60 @@ pub enum Start {
     New,
 }
 
-/// Parses a start position: a sequence number, an RFC 3339 time, `last` or `new`.
-///
-/// # Errors
-/// A one-line reason.
-pub fn start(text: &[u8]) -> Result<Start, String> {
-    let text = std::str::from_utf8(text).map_err(|_| "start position is not UTF-8".to_owned())?;
-    if text.eq_ignore_ascii_case("last") {
-        return Ok(Start::LastPerSubject);
+impl Start {
+    /// A start position: a sequence number, an RFC 3339 time, `last` or `new`.
+    ///
+    /// # Errors
+    /// [`Refusal::InvalidStart`].
+    pub fn parse(text: &[u8]) -> Result<Start, Refusal> {
+        let text = String::from_utf8_lossy(text);
+        if text.eq_ignore_ascii_case("last") {
+            return Ok(Start::LastPerSubject);
+        }
+        if text.eq_ignore_ascii_case("new") {
+            return Ok(Start::New);
+        }
+        if let Ok(seq) = text.parse::<u64>() {
+            return Ok(Start::Seq(seq));
+        }
+        time(&text).map(Start::Time).map_err(|_| Refusal::InvalidStart(text.into_owned()))
     }
-    if text.eq_ignore_ascii_case("new") {
-        return Ok(Start::New);
+
+    /// A start position in a JSON request: a number, or a string as [`Start::parse`] takes it.
+    fn from_json(value: &serde_json::Value) -> Result<Start, Refusal> {
+        match value {
+            serde_json::Value::Number(n) => {
+                n.as_u64().map(Start::Seq).ok_or_else(|| Refusal::InvalidStart(n.to_string()))
+            }
+            serde_json::Value::String(s) => Start::parse(s.as_bytes()),
+            other => Err(Refusal::InvalidStart(other.to_string())),
+        }
     }
-    if let Ok(seq) = text.parse::<u64>() {
-        return Ok(Start::Seq(seq));
-    }
-    time(text)
-        .map(Start::Time)
-        .map_err(|_| format!("invalid start position {text}: expected a sequence, an RFC 3339 time, last or new"))
 }
 
-/// An RFC 3339 time as unix nanoseconds (times before 1970 are refused).
-fn time(text: &str) -> Result<u64, String> {
-    let timestamp: jiff::Timestamp = text.parse().map_err(|e| format!("invalid time {text}: {e}"))?;
-    u64::try_from(timestamp.as_nanosecond()).map_err(|_| format!("time {text} is outside the years 1970 to 2554"))
+/// `SUB <filter> <sid> FROM <start>`: what a catch-up subscription replays, then follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatchUp {
+    pub filter: Filter,
+    pub start: Start,
+}
+
+impl CatchUp {
+    /// The arguments of the catch-up `SUB`.
+    ///
+    /// # Errors
+    /// [`Refusal::InvalidFilter`] or [`Refusal::InvalidStart`].
+    pub fn parse(filter: Bytes, start: &[u8]) -> Result<CatchUp, Refusal> {
+        let filter = Filter::new(filter.clone()).map_err(|reason| Refusal::invalid_filter(&filter, reason))?;
+        Ok(CatchUp { filter, start: Start::parse(start)? })
+    }
 }
 
 /// A one-shot read of the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Query {
-    pub filters: Vec<Bytes>,
+    /// At least one.
+    pub filters: Vec<Filter>,
     pub from_seq: u64,
     pub to_seq: u64,
     /// Unix nanoseconds, inclusive.
@@ -130,128 +165,228 @@ pub struct Query {
 /// Results a query returns at most when it names no limit.
 pub const DEFAULT_QUERY_LIMIT: u64 = 10_000;
 
-/// Parses `FETCH` arguments: comma-separated filters and `from-seq=A to-seq=B since=T
-/// until=T limit=N` options.
-///
-/// # Errors
-/// A one-line reason naming the bad option.
-pub fn query(filters: &[u8], options: &[u8]) -> Result<Query, String> {
-    let mut query = Query {
-        filters: filters.split(|&b| b == b',').filter(|f| !f.is_empty()).map(Bytes::copy_from_slice).collect(),
-        from_seq: 1,
-        to_seq: u64::MAX,
-        since: None,
-        until: None,
-        limit: DEFAULT_QUERY_LIMIT,
-    };
-    for word in options.split(|&b| b == b' ' || b == b'\t').filter(|w| !w.is_empty()) {
-        let text = String::from_utf8_lossy(word);
-        let (key, value) = text.split_once('=').ok_or_else(|| format!("option {text} is not key=value"))?;
-        let number = || value.parse::<u64>().map_err(|_| format!("option {key} needs a non-negative integer"));
-        match key {
-            "from-seq" => query.from_seq = number()?,
-            "to-seq" => query.to_seq = number()?,
-            "since" => query.since = Some(time(value)?),
-            "until" => query.until = Some(time(value)?),
-            "limit" => query.limit = number()?,
-            _ => return Err(format!("unknown option {key}")),
+impl Query {
+    /// `FETCH` arguments: comma-separated filters and `from-seq=A to-seq=B since=T until=T
+    /// limit=N` options.
+    ///
+    /// # Errors
+    /// The [`Refusal`] naming the bad filter or option.
+    pub fn parse(filters: &[u8], options: &[u8]) -> Result<Query, Refusal> {
+        let mut query = Query::over(self::filters(filters.split(|&b| b == b','))?)?;
+        for (key, value) in key_values(options)? {
+            let number = || value.parse::<u64>().map_err(|_| Refusal::NotANumber(key.to_owned()));
+            match key {
+                "from-seq" => query.from_seq = number()?,
+                "to-seq" => query.to_seq = number()?,
+                "since" => query.since = Some(time(value)?),
+                "until" => query.until = Some(time(value)?),
+                "limit" => query.limit = number()?,
+                _ => return Err(Refusal::UnknownOption(key.to_owned())),
+            }
         }
+        Ok(query)
     }
-    Ok(query)
+
+    /// Everything matching `filters`, up to the default limit.
+    fn over(filters: Vec<Filter>) -> Result<Query, Refusal> {
+        if filters.is_empty() {
+            return Err(Refusal::NoFilter);
+        }
+        Ok(Query { filters, from_seq: 1, to_seq: u64::MAX, since: None, until: None, limit: DEFAULT_QUERY_LIMIT })
+    }
+}
+
+/// Parses `<seq> <filter> [<filter> ...]` (filters may also be comma-separated).
+fn unchanged_header(text: &[u8]) -> Result<Unchanged, Refusal> {
+    let bad = |reason| Refusal::BadHeader { header: headers::UNCHANGED_SINCE, reason };
+    let mut words = text.split(|&b| b == b' ' || b == b'\t' || b == b',').filter(|w| !w.is_empty());
+    let after = words.next().and_then(headers::parse_u64).ok_or(bad("expected <seq> <filter> [<filter> ...]"))?;
+    let filters = filters(words)?;
+    if filters.is_empty() {
+        return Err(bad("expected at least one subject filter after the sequence"));
+    }
+    Ok(Unchanged { after, filters })
 }
 
 /// The JSON body of a `$EL.SUB` request.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SubscribeRequest {
-    pub filter: String,
-    /// As [`start`] takes it: `"1"`, `"2026-01-01T00:00:00Z"`, `"last"`, `"new"`; or a number.
-    pub start: serde_json::Value,
+struct SubscribeBody {
+    filter: String,
+    /// As [`Start::parse`] takes it: `"1"`, `"2026-01-01T00:00:00Z"`, `"last"`, `"new"`; or a number.
+    start: serde_json::Value,
     /// A subject the requester subscribed to; events are delivered on that subscription.
-    pub deliver: String,
+    deliver: String,
 }
 
-impl SubscribeRequest {
-    /// The start position.
+/// A `$EL.SUB` request: a catch-up subscription delivering on the requester's own
+/// subscription to `deliver`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribe {
+    pub catch_up: CatchUp,
+    pub deliver: Bytes,
+}
+
+impl Subscribe {
+    /// Decodes a `$EL.SUB` JSON body.
     ///
     /// # Errors
-    /// A one-line reason.
-    pub fn start(&self) -> Result<Start, String> {
-        match &self.start {
-            serde_json::Value::Number(n) => n.as_u64().map(Start::Seq).ok_or_else(|| "start must be >= 0".to_owned()),
-            serde_json::Value::String(s) => start(s.as_bytes()),
-            _ => Err("start must be a sequence number or a string".to_owned()),
-        }
+    /// [`Refusal::InvalidRequest`] for JSON of the wrong shape, or the catch-up's refusal.
+    pub fn from_json(body: &[u8]) -> Result<Subscribe, Refusal> {
+        let body: SubscribeBody = json(body)?;
+        let filter = Bytes::from(body.filter.into_bytes());
+        let filter = Filter::new(filter.clone()).map_err(|reason| Refusal::invalid_filter(&filter, reason))?;
+        let catch_up = CatchUp { filter, start: Start::from_json(&body.start)? };
+        Ok(Subscribe { catch_up, deliver: Bytes::from(body.deliver.into_bytes()) })
     }
 }
 
 /// The JSON body of a `$EL.FETCH` request; results go to the request's reply subject.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FetchRequest {
-    pub filters: Vec<String>,
+struct FetchBody {
+    filters: Vec<String>,
     #[serde(default)]
-    pub from_seq: Option<u64>,
+    from_seq: Option<u64>,
     #[serde(default)]
-    pub to_seq: Option<u64>,
+    to_seq: Option<u64>,
     #[serde(default)]
-    pub since: Option<String>,
+    since: Option<String>,
     #[serde(default)]
-    pub until: Option<String>,
+    until: Option<String>,
     #[serde(default)]
-    pub limit: Option<u64>,
+    limit: Option<u64>,
 }
 
-impl FetchRequest {
-    /// The query it asks for.
+impl Query {
+    /// Decodes a `$EL.FETCH` JSON body.
     ///
     /// # Errors
-    /// A one-line reason (a bad time).
-    pub fn query(&self) -> Result<Query, String> {
-        Ok(Query {
-            filters: self.filters.iter().map(|f| Bytes::copy_from_slice(f.as_bytes())).collect(),
-            from_seq: self.from_seq.unwrap_or(1),
-            to_seq: self.to_seq.unwrap_or(u64::MAX),
-            since: self.since.as_deref().map(time).transpose()?,
-            until: self.until.as_deref().map(time).transpose()?,
-            limit: self.limit.unwrap_or(DEFAULT_QUERY_LIMIT),
-        })
+    /// [`Refusal::InvalidRequest`] for JSON of the wrong shape, or the bad filter or time.
+    pub fn from_json(body: &[u8]) -> Result<Query, Refusal> {
+        let body: FetchBody = json(body)?;
+        let mut query = Query::over(filters(body.filters.iter().map(String::as_bytes))?)?;
+        query.from_seq = body.from_seq.unwrap_or(query.from_seq);
+        query.to_seq = body.to_seq.unwrap_or(query.to_seq);
+        query.since = body.since.as_deref().map(time).transpose()?;
+        query.until = body.until.as_deref().map(time).transpose()?;
+        query.limit = body.limit.unwrap_or(query.limit);
+        Ok(query)
     }
+}
+
+fn json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, Refusal> {
+    serde_json::from_slice(body).map_err(|e| Refusal::InvalidRequest(e.to_string()))
+}
+
+/// The non-empty words of `words` as filters.
+fn filters<'a>(words: impl Iterator<Item = &'a [u8]>) -> Result<Vec<Filter>, Refusal> {
+    words
+        .filter(|word| !word.is_empty())
+        .map(|word| Filter::new(Bytes::copy_from_slice(word)).map_err(|reason| Refusal::invalid_filter(word, reason)))
+        .collect()
+}
+
+/// The blank-separated `key=value` words of an options text.
+fn key_values(text: &[u8]) -> Result<Vec<(&str, &str)>, Refusal> {
+    let text =
+        std::str::from_utf8(text).map_err(|_| Refusal::NotKeyValue(String::from_utf8_lossy(text).into_owned()))?;
+    text.split([' ', '\t'])
+        .filter(|word| !word.is_empty())
+        .map(|word| word.split_once('=').ok_or_else(|| Refusal::NotKeyValue(word.to_owned())))
+        .collect()
+}
+
+/// An RFC 3339 time as unix nanoseconds (times before 1970 are refused).
+fn time(text: &str) -> Result<u64, Refusal> {
+    let timestamp: jiff::Timestamp =
+        text.parse().map_err(|e: jiff::Error| Refusal::InvalidTime { time: text.to_owned(), reason: e.to_string() })?;
+    u64::try_from(timestamp.as_nanosecond()).map_err(|_| Refusal::TimeOutOfRange(text.to_owned()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn filter(text: &'static str) -> Filter {
+        Filter::new(Bytes::from_static(text.as_bytes())).expect("valid filter")
+    }
+
     #[test]
     fn start_positions() {
-        assert_eq!(start(b"0"), Ok(Start::Seq(0)));
-        assert_eq!(start(b"42"), Ok(Start::Seq(42)));
-        assert_eq!(start(b"LAST"), Ok(Start::LastPerSubject));
-        assert_eq!(start(b"new"), Ok(Start::New));
-        assert_eq!(start(b"1970-01-01T00:00:01.5Z"), Ok(Start::Time(1_500_000_000)));
-        assert!(start(b"yesterday").is_err());
-        assert!(start(b"1969-12-31T23:59:59Z").is_err());
+        assert_eq!(Start::parse(b"0"), Ok(Start::Seq(0)));
+        assert_eq!(Start::parse(b"42"), Ok(Start::Seq(42)));
+        assert_eq!(Start::parse(b"LAST"), Ok(Start::LastPerSubject));
+        assert_eq!(Start::parse(b"new"), Ok(Start::New));
+        assert_eq!(Start::parse(b"1970-01-01T00:00:01.5Z"), Ok(Start::Time(1_500_000_000)));
+        assert_eq!(Start::parse(b"yesterday"), Err(Refusal::InvalidStart("yesterday".to_owned())));
+        assert!(Start::parse(b"1969-12-31T23:59:59Z").is_err());
     }
 
     #[test]
     fn query_options() {
-        let q = query(b"a.>,b.*", b"from-seq=3 to-seq=9 limit=2 since=1970-01-01T00:00:00Z").expect("valid");
-        assert_eq!(q.filters, [Bytes::from_static(b"a.>"), Bytes::from_static(b"b.*")]);
+        let q = Query::parse(b"a.>,b.*", b"from-seq=3 to-seq=9 limit=2 since=1970-01-01T00:00:00Z").expect("valid");
+        assert_eq!(q.filters, [filter("a.>"), filter("b.*")]);
         assert_eq!((q.from_seq, q.to_seq, q.limit, q.since, q.until), (3, 9, 2, Some(0), None));
-        assert!(query(b"a", b"limit=x").is_err());
-        assert!(query(b"a", b"colour=red").is_err());
+        assert_eq!(Query::parse(b"a", b"limit=x"), Err(Refusal::NotANumber("limit".to_owned())));
+        assert_eq!(Query::parse(b"a", b"colour=red"), Err(Refusal::UnknownOption("colour".to_owned())));
+        assert_eq!(Query::parse(b",", b""), Err(Refusal::NoFilter));
+        assert!(matches!(Query::parse(b"a..b", b""), Err(Refusal::InvalidFilter { .. })));
     }
 
     #[test]
     fn publish_options_from_a_line_override_headers() {
         let block = b"NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: 4\r\nNats-Msg-Id: h\r\n\r\n";
-        let options = publish_options(b"expect-subject-seq=5 unchanged-since=7:a.>,b.*", Some(block)).expect("valid");
+        let options =
+            PublishOptions::parse(b"expect-subject-seq=5 unchanged-since=7:a.>,b.*", Some(block)).expect("valid");
         assert_eq!(options.expected_last_subject_seq, Some(5));
         assert_eq!(options.msg_id.as_deref(), Some(&b"h"[..]));
         let unchanged = options.unchanged_since.expect("present");
-        assert_eq!((unchanged.after, unchanged.filters.len()), (7, 2));
-        assert!(publish_options(b"expect-rev=x", None).is_err());
-        assert!(publish_options(b"colour=red", None).is_err());
+        assert_eq!((unchanged.after, unchanged.filters), (7, vec![filter("a.>"), filter("b.*")]));
+        assert_eq!(PublishOptions::parse(b"expect-rev=x", None), Err(Refusal::NotANumber("expect-rev".to_owned())));
+        assert_eq!(PublishOptions::parse(b"colour", None), Err(Refusal::NotKeyValue("colour".to_owned())));
+        assert_eq!(PublishOptions::parse(b"unchanged-since=7", None), Err(Refusal::BadUnchangedSince));
+        assert!(matches!(PublishOptions::parse(b"unchanged-since=7:a..b", None), Err(Refusal::InvalidFilter { .. })));
+    }
+
+    #[test]
+    fn json_requests() {
+        let subscribe = Subscribe::from_json(br#"{"filter":"a.>","start":"new","deliver":"in.1"}"#).expect("valid");
+        assert_eq!(subscribe.catch_up, CatchUp { filter: filter("a.>"), start: Start::New });
+        assert_eq!(&subscribe.deliver[..], b"in.1");
+        assert_eq!(
+            Subscribe::from_json(br#"{"filter":"a","start":7,"deliver":"i"}"#).map(|s| s.catch_up.start),
+            Ok(Start::Seq(7))
+        );
+        assert!(matches!(Subscribe::from_json(br#"{"filter":"a"}"#), Err(Refusal::InvalidRequest(_))));
+        assert!(matches!(
+            Subscribe::from_json(br#"{"filter":"a","start":-1,"deliver":"i"}"#),
+            Err(Refusal::InvalidStart(_))
+        ));
+        let query = Query::from_json(br#"{"filters":["a","b.>"],"limit":3}"#).expect("valid");
+        assert_eq!((query.filters.len(), query.limit, query.from_seq), (2, 3, 1));
+        assert_eq!(Query::from_json(br#"{"filters":[]}"#), Err(Refusal::NoFilter));
+    }
+
+    const BLOCK: &[u8] = b"NATS/1.0\r\nNats-Msg-Id: abc\r\nnats-expected-last-subject-sequence:  12 \r\nX: 1\r\nX: 2\r\nEventline-Unchanged-Since: 7 orders.42.>, customers.*\r\n\r\n";
+
+    #[test]
+    fn reads_publish_conditions() {
+        let options = PublishOptions::from_headers(BLOCK).expect("valid");
+        assert_eq!(options.msg_id.as_deref(), Some(&b"abc"[..]));
+        assert_eq!(options.expected_last_subject_seq, Some(12));
+        assert_eq!(options.expected_last_seq, None);
+        let unchanged = options.unchanged_since.expect("present");
+        assert_eq!(unchanged.after, 7);
+        let filters: Vec<&[u8]> = unchanged.filters.iter().map(|f| f.as_bytes()).collect();
+        assert_eq!(filters, [&b"orders.42.>"[..], b"customers.*"]);
+    }
+
+    #[test]
+    fn bad_conditions_name_their_header() {
+        let bad =
+            PublishOptions::from_headers(b"NATS/1.0\r\nNats-Expected-Last-Sequence: x\r\n\r\n").expect_err("invalid");
+        assert!(matches!(bad, Refusal::BadHeader { header: headers::EXPECTED_LAST_SEQUENCE, .. }));
+        assert!(PublishOptions::from_headers(b"NATS/1.0\r\nEventline-Unchanged-Since: 5\r\n\r\n").is_err());
     }
 }

@@ -1,9 +1,7 @@
-//! NATS header blocks (`NATS/1.0[ status]\r\nKey: value\r\n...\r\n`): reading the publish
-//! conditions a client put there, and writing the headers eventline adds to deliveries.
+//! NATS header blocks (`NATS/1.0[ status]\r\nKey: value\r\n...\r\n`): reading the values a
+//! client put there, and writing the headers eventline adds to deliveries.
 
-use bytes::{BufMut, Bytes, BytesMut};
-
-use super::{PublishOptions, Unchanged};
+use bytes::{BufMut, BytesMut};
 
 /// JetStream's name: the publish is refused unless the log's last sequence is this.
 pub const EXPECTED_LAST_SEQUENCE: &str = "Nats-Expected-Last-Sequence";
@@ -40,48 +38,7 @@ pub fn value<'a>(block: &'a [u8], name: &'a str) -> Option<&'a [u8]> {
     values(block, name).next()
 }
 
-/// Why a header condition could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {header} header: {reason}")]
-pub struct BadHeader {
-    pub header: &'static str,
-    pub reason: &'static str,
-}
-
-/// The publish conditions carried in a header block.
-///
-/// # Errors
-/// [`BadHeader`] if a condition header does not parse.
-pub fn publish_options(block: &[u8]) -> Result<PublishOptions, BadHeader> {
-    let number = |header: &'static str| -> Result<Option<u64>, BadHeader> {
-        value(block, header)
-            .map(|v| parse_u64(v).ok_or(BadHeader { header, reason: "not a non-negative integer" }))
-            .transpose()
-    };
-    Ok(PublishOptions {
-        msg_id: value(block, MSG_ID).filter(|v| !v.is_empty()).map(Bytes::copy_from_slice),
-        expected_last_seq: number(EXPECTED_LAST_SEQUENCE)?,
-        expected_last_subject_seq: number(EXPECTED_LAST_SUBJECT_SEQUENCE)?,
-        expected_revision: number(EXPECTED_REVISION)?,
-        unchanged_since: value(block, UNCHANGED_SINCE).map(unchanged).transpose()?,
-    })
-}
-
-/// Parses `<seq> <filter> [<filter> ...]` (filters may also be comma-separated).
-///
-/// # Errors
-/// [`BadHeader`] naming [`UNCHANGED_SINCE`].
-pub fn unchanged(text: &[u8]) -> Result<Unchanged, BadHeader> {
-    let bad = |reason| BadHeader { header: UNCHANGED_SINCE, reason };
-    let mut words = text.split(|&b| b == b' ' || b == b'\t' || b == b',').filter(|w| !w.is_empty());
-    let after = words.next().and_then(parse_u64).ok_or(bad("expected <seq> <filter> [<filter> ...]"))?;
-    let filters: Vec<Bytes> = words.map(Bytes::copy_from_slice).collect();
-    if filters.is_empty() {
-        return Err(bad("expected at least one subject filter after the sequence"));
-    }
-    Ok(Unchanged { after, filters })
-}
-
+/// A non-negative decimal integer.
 pub(super) fn parse_u64(digits: &[u8]) -> Option<u64> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
@@ -184,24 +141,6 @@ mod tests {
         assert_eq!(values(BLOCK, "x").collect::<Vec<_>>(), [&b"1"[..], b"2"]);
         assert_eq!(value(BLOCK, MSG_ID), Some(&b"abc"[..]));
         assert_eq!(value(BLOCK, "missing"), None);
-    }
-
-    #[test]
-    fn reads_publish_conditions() {
-        let options = publish_options(BLOCK).expect("valid");
-        assert_eq!(options.msg_id.as_deref(), Some(&b"abc"[..]));
-        assert_eq!(options.expected_last_subject_seq, Some(12));
-        assert_eq!(options.expected_last_seq, None);
-        let unchanged = options.unchanged_since.expect("present");
-        assert_eq!(unchanged.after, 7);
-        assert_eq!(unchanged.filters, [Bytes::from_static(b"orders.42.>"), Bytes::from_static(b"customers.*")]);
-    }
-
-    #[test]
-    fn bad_conditions_name_their_header() {
-        let bad = publish_options(b"NATS/1.0\r\nNats-Expected-Last-Sequence: x\r\n\r\n").expect_err("invalid");
-        assert_eq!(bad.header, EXPECTED_LAST_SEQUENCE);
-        assert!(publish_options(b"NATS/1.0\r\nEventline-Unchanged-Since: 5\r\n\r\n").is_err());
     }
 
     #[test]

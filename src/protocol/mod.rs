@@ -6,6 +6,7 @@
 //! `Bytes` slices of the read buffer (no copy). [`encode`] writes [`ServerOp`]s.
 //! [`client`] is the other direction (parsing server ops) for eventline's own load tool.
 
+pub mod api;
 pub mod client;
 pub mod codec;
 pub mod encode;
@@ -13,14 +14,15 @@ mod error;
 mod extension;
 pub mod headers;
 pub mod parse;
+mod refusal;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub use api::ApiRequest;
 pub use error::{ProtocolError, Usage};
-pub use extension::{
-    FetchRequest, PublishOptions, Query, Start, SubscribeRequest, Unchanged, publish_options, query, start,
-};
+pub use extension::{CatchUp, DEFAULT_QUERY_LIMIT, PublishOptions, Query, Start, Subscribe, Unchanged};
+pub use refusal::Refusal;
 
 /// Longest control line (the op line without its payload), as nats-server's `MAX_CONTROL_LINE_SIZE`.
 pub const MAX_CONTROL_LINE: usize = 4096;
@@ -45,19 +47,22 @@ pub enum ClientOp {
     Ping,
     Pong,
     /// `APUB`: a publish answered with its sequence once durable (an extension), with its
-    /// `option=value` text; see [`publish_options`].
-    Apub(Pub, Bytes),
-    /// `SUB <filter> <sid> FROM <start>`: a catch-up subscription (an extension); see [`start`].
+    /// conditions (from the line and the header block), or why they do not parse.
+    Apub(Pub, Result<PublishOptions, Refusal>),
+    /// `SUB <filter> <sid> FROM <start>`: a catch-up subscription (an extension).
     CatchUp {
-        filter: Bytes,
         sid: Bytes,
-        start: Bytes,
+        catch_up: Result<CatchUp, Refusal>,
     },
-    /// `FETCH <sid> <filters> [option=value ...]`: a one-shot query (an extension); see [`query`].
+    /// `FETCH <sid> <filters> [option=value ...]`: a one-shot query (an extension).
     Fetch {
         sid: Bytes,
-        filters: Bytes,
-        options: Bytes,
+        query: Result<Query, Refusal>,
+    },
+    /// A `PUB` on a `$EL.` request subject (see [`api`]), with the message's reply subject.
+    Request {
+        request: ApiRequest,
+        reply: Option<Bytes>,
     },
 }
 
@@ -69,6 +74,17 @@ pub struct Pub {
     pub reply: Option<Bytes>,
     pub headers: Option<Bytes>,
     pub payload: Bytes,
+}
+
+impl Pub {
+    /// The publish conditions in the message's header block (none without one), for a
+    /// message that is stored.
+    ///
+    /// # Errors
+    /// The [`Refusal`] naming the header that does not parse.
+    pub fn publish_options(&self) -> Result<PublishOptions, Refusal> {
+        self.headers.as_deref().map_or(Ok(PublishOptions::default()), PublishOptions::from_headers)
+    }
 }
 
 /// The `CONNECT` options eventline acts on; unknown fields are ignored, missing ones take
@@ -144,8 +160,8 @@ pub enum ServerOp {
         revision: u64,
         duplicate: bool,
     },
-    /// `-NAK '<reason>'`: an `APUB` was refused (a condition failed); nothing was stored.
-    Nak(String),
+    /// `-NAK '<reason>'`: an extension request was refused; for an `APUB`, nothing was stored.
+    Nak(Refusal),
 }
 
 #[cfg(test)]

@@ -50,8 +50,8 @@ pub enum RawOp {
         filters: Range<usize>,
         options: Range<usize>,
     },
-    /// `APUB`: a publish with its options text (`key=value ...`), parsed by
-    /// [`super::publish_options`] so a bad option is a `-NAK`, not a closed connection.
+    /// `APUB`: a publish with its options text (`key=value ...`), parsed by the codec into
+    /// a result, so a bad option is a `-NAK`, not a closed connection.
     Apub {
         subject: Range<usize>,
         headers: Option<Range<usize>>,

@@ -9,9 +9,10 @@ use super::client::{Delivery, Received, ServerCodec};
 use super::codec::ClientCodec;
 use super::parse::parse_client_op;
 use super::{
-    ClientOp, Connect, DEFAULT_MAX_PAYLOAD, Extensions, Info, MAX_CONTROL_LINE, ProtocolError, Pub, ServerOp, Usage,
-    encode,
+    ApiRequest, CatchUp, ClientOp, Connect, DEFAULT_MAX_PAYLOAD, Extensions, Info, MAX_CONTROL_LINE, ProtocolError,
+    Pub, PublishOptions, Query, Refusal, ServerOp, Start, Usage, encode,
 };
+use crate::subject::{Filter, SubjectError};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -162,7 +163,58 @@ fn catalogue() -> Vec<(Vec<u8>, ClientOp)> {
         (b"PING foo\r\n".to_vec(), ClientOp::Ping),
         (b"PINGX\r\n".to_vec(), ClientOp::Ping),
         (b"PONG foo\r\n".to_vec(), ClientOp::Pong),
+        // Extensions: typed arguments, and arguments that do not parse as items (a `-NAK`,
+        // the connection stays open), never as errors.
+        (b"APUB foo 2 msg-id=a expect-rev=3\r\nhi\r\n".to_vec(), apub(None, Ok(conditions()))),
+        (b"APUB foo 18 20\r\nNATS/1.0\r\nA: b\r\n\r\nhi\r\n".to_vec(), apub(Some(hdr), Ok(PublishOptions::default()))),
+        (b"APUB foo 2 expect-rev=x\r\nhi\r\n".to_vec(), apub(None, Err(Refusal::NotANumber("expect-rev".into())))),
+        (b"SUB a.> 7 FROM new\r\n".to_vec(), catch_up(Ok(CatchUp { filter: filter(b"a.>"), start: Start::New }))),
+        (b"SUB a.> 7 from 12\r\n".to_vec(), catch_up(Ok(CatchUp { filter: filter(b"a.>"), start: Start::Seq(12) }))),
+        (b"SUB a.> 7 FROM soon\r\n".to_vec(), catch_up(Err(Refusal::InvalidStart("soon".into())))),
+        (b"SUB a..b 7 FROM 0\r\n".to_vec(), catch_up(Err(Refusal::invalid_filter(b"a..b", SubjectError::EmptyToken)))),
+        (b"FETCH 9 a,b.> limit=2\r\n".to_vec(), fetch(Query::parse(b"a,b.>", b"limit=2"))),
+        (b"FETCH 9 a colour=red\r\n".to_vec(), fetch(Err(Refusal::UnknownOption("colour".into())))),
+        (
+            b"PUB $EL.PUB.orders.1 r 2\r\nhi\r\n".to_vec(),
+            ClientOp::Request {
+                request: ApiRequest::Publish(Pub {
+                    subject: b(b"orders.1"),
+                    reply: None,
+                    headers: None,
+                    payload: b(b"hi"),
+                }),
+                reply: Some(b(b"r")),
+            },
+        ),
+        (
+            b"PUB $EL.LAST.orders.1 r 0\r\n\r\n".to_vec(),
+            ClientOp::Request { request: ApiRequest::Last(b(b"orders.1")), reply: Some(b(b"r")) },
+        ),
+        // Not a request: no reply subject, or an invalid subject.
+        (b"PUB $EL.SUB 0\r\n\r\n".to_vec(), publish(b"$EL.SUB", None, None, b"")),
+        (b"PUB $EL.LAST..x r 0\r\n\r\n".to_vec(), publish(b"$EL.LAST..x", Some(b"r"), None, b"")),
     ]
+}
+
+fn apub(headers: Option<&'static [u8]>, options: Result<PublishOptions, Refusal>) -> ClientOp {
+    let payload = b(b"hi");
+    ClientOp::Apub(Pub { subject: b(b"foo"), reply: None, headers: headers.map(b), payload }, options)
+}
+
+fn conditions() -> PublishOptions {
+    PublishOptions { msg_id: Some(b(b"a")), expected_revision: Some(3), ..PublishOptions::default() }
+}
+
+fn filter(text: &'static [u8]) -> Filter {
+    Filter::new(b(text)).expect("a valid filter")
+}
+
+fn catch_up(catch_up: Result<CatchUp, Refusal>) -> ClientOp {
+    ClientOp::CatchUp { sid: b(b"7"), catch_up }
+}
+
+fn fetch(query: Result<Query, Refusal>) -> ClientOp {
+    ClientOp::Fetch { sid: b(b"9"), query }
 }
 
 #[test]
@@ -539,8 +591,8 @@ fn server_stream() -> (Vec<u8>, Vec<Received>) {
         ServerOp::Pong,
         ServerOp::Ack { seq: 7, revision: 2, duplicate: false },
         ServerOp::Ack { seq: 1_000_000_000_000_000_000, revision: 1, duplicate: true },
-        ServerOp::Nak("wrong last subject sequence: expected 5, actual 0".to_owned()),
-        ServerOp::Nak(String::new()),
+        ServerOp::Nak(Refusal::LastSubjectSequence { expected: 5, actual: 0 }),
+        ServerOp::Nak(Refusal::UnknownOption(String::new())),
     ];
     for op in ops {
         encode::server_op(&op, &mut dst);
@@ -562,7 +614,7 @@ fn server_stream() -> (Vec<u8>, Vec<Received>) {
         Received::Ack { seq: 7, revision: 2, duplicate: false },
         Received::Ack { seq: 1_000_000_000_000_000_000, revision: 1, duplicate: true },
         Received::Nak(b(b"wrong last subject sequence: expected 5, actual 0")),
-        Received::Nak(b(b"")),
+        Received::Nak(b(b"unknown option ")),
     ];
     for (reply, headers, payload) in msgs {
         encode::msg(&mut dst, b"subj", b"sid", reply, headers, payload);
