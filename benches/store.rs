@@ -2,18 +2,18 @@
 //!
 //! `cargo bench --bench store`. Appends are batches of 256 events of 128 B (one writer
 //! batch under load), written to the OS only, so the figure is the store's CPU cost per
-//! event, not the disk's; as in the server, another thread checkpoints every 100 ms, so the
-//! write-ahead log reuses its segments instead of creating new ones. Replays read 65,536 stored events in chunks of 512, as a
+//! event, not the disk's; as in the server, the store's own thread checkpoints every 100 ms,
+//! so the write-ahead log reuses its segments instead of creating new ones. Replays read
+//! 65,536 stored events in chunks of 512, as a
 //! catch-up subscription does: through the subject index (a literal subject) and by a scan
 //! (a filter starting with a wildcard).
 
 use std::hint::black_box;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use eventline::config::StoreConfig;
 use eventline::store::{Event, Store};
 use eventline::subject::Filter;
 
@@ -40,17 +40,7 @@ fn filter(text: &'static str) -> Filter {
 
 fn append(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Arc::new(Store::open(dir.path()).expect("opens"));
-    let done = Arc::new(AtomicBool::new(false));
-    let checkpoints = {
-        let (store, done) = (Arc::clone(&store), Arc::clone(&done));
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(100));
-                store.checkpoint().expect("checkpoints");
-            }
-        })
-    };
+    let store = Store::open(&StoreConfig::new(dir.path()), |_| {}).expect("opens");
     let mut next = 1;
     let mut group = c.benchmark_group("store");
     group.throughput(Throughput::Elements(BATCH));
@@ -66,13 +56,12 @@ fn append(c: &mut Criterion) {
         );
     });
     group.finish();
-    done.store(true, Ordering::Relaxed);
-    checkpoints.join().expect("checkpoint thread");
+    store.close();
 }
 
 fn replay(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Store::open(dir.path()).expect("opens");
+    let store = Store::open(&StoreConfig::new(dir.path()), |_| {}).expect("opens");
     for first in (1..=STORED).step_by(BATCH as usize) {
         store.append(&events(first, BATCH), &[], &[]).expect("appends");
     }

@@ -18,6 +18,7 @@
 #![deny(unsafe_code)]
 
 pub mod broker;
+pub mod config;
 pub mod protocol;
 pub mod server;
 pub mod store;

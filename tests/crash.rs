@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use common::{Raw, TIMEOUT, parse_ack, spawn_binary, wait_exit};
+use eventline::config::StoreConfig;
 use eventline::store::Store;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -154,7 +155,7 @@ async fn next_line(reader: &mut tokio::io::BufReader<tokio::net::tcp::OwnedReadH
 /// Reads the log in `dir` (the server is dead) and checks it against `ledger`; returns its
 /// last sequence.
 fn verify_log(dir: &Path, ledger: &Ledger) -> u64 {
-    let store = Store::open(dir).expect("the log opens after a crash");
+    let store = Store::open(&StoreConfig::new(dir), |_| {}).expect("the log opens after a crash");
     let last = store.last_seq().expect("last seq");
     let max_acked = ledger.acked.iter().map(|a| a.seq).max().unwrap_or(0);
     assert!(last >= max_acked, "the log ends at {last}, but seq {max_acked} was acknowledged");

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{Raw, parse_ack, spawn_binary, wait_exit};
+use eventline::config::StoreConfig;
 use eventline::store::Store;
 use tempfile::TempDir;
 
@@ -97,7 +98,7 @@ async fn a_full_disk_stops_acknowledgements_and_loses_nothing_acknowledged() {
     // The full disk cannot take fjall's recovery; read a copy of the log instead.
     let copy = TempDir::new().expect("temp dir");
     copy_dir(&data, copy.path());
-    let store = Store::open(copy.path()).expect("the log opens after the failure");
+    let store = Store::open(&StoreConfig::new(copy.path()), |_| {}).expect("the log opens after the failure");
     let last_acked = acked.last().map(|(seq, _)| *seq).expect("acks");
     assert!(store.high_water_mark() >= last_acked, "the high-water mark covers every ack");
     for (seq, payload) in &acked {

@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
 use tracing::warn;
 
-use super::{Outbound, Pushed};
+use super::outbound::{Outbound, Pushed, Wakes};
 use crate::protocol::{Query, Refusal, Start, headers};
 use crate::store::{Event, Store, StoreError};
 use crate::subject::Filter;
@@ -44,13 +44,13 @@ pub(super) struct Sink {
 
 impl Sink {
     /// Queues one event as `HMSG <event subject>` with its log headers.
-    fn push_event(&self, event: &Event) -> Pushed {
-        self.push_event_as(&event.subject, event)
+    fn push_event(&self, event: &Event, wakes: &mut Wakes) -> Pushed {
+        self.push_event_as(&event.subject, event, wakes)
     }
 
     /// Queues one event as `HMSG <subject>`: a request's answer goes out on the reply
     /// subject, which is how client libraries match it; `Nats-Subject` keeps the event's.
-    fn push_event_as(&self, subject: &[u8], event: &Event) -> Pushed {
+    fn push_event_as(&self, subject: &[u8], event: &Event, wakes: &mut Wakes) -> Pushed {
         SCRATCH.with(|scratch| {
             let mut block = scratch.borrow_mut();
             block.clear();
@@ -62,15 +62,15 @@ impl Sink {
                 &event.subject,
                 event.revision,
             );
-            self.outbound.push_msg(subject, &self.sid, None, Some(&block), &event.payload)
+            self.outbound.push_msg(subject, &self.sid, None, Some(&block), &event.payload, wakes)
         })
     }
 
     /// Queues a status message (no payload) such as `100 Caught Up` or `204 End Of Results`.
-    fn push_status(&self, subject: &[u8], status: &str, fields: &[(&str, &[u8])]) {
+    fn push_status(&self, subject: &[u8], status: &str, fields: &[(&str, &[u8])], wakes: &mut Wakes) {
         let mut block = BytesMut::new();
         headers::write(&mut block, Some(status), fields);
-        self.outbound.push_msg(subject, &self.sid, None, Some(&block), &Bytes::new());
+        self.outbound.push_msg(subject, &self.sid, None, Some(&block), &Bytes::new(), wakes);
     }
 }
 
@@ -128,7 +128,7 @@ impl CatchUp {
 
     /// Called by the timeline writer for each committed event matching the filter, in
     /// sequence order.
-    pub(super) fn offer(&self, event: &Event) {
+    pub(super) fn offer(&self, event: &Event, wakes: &mut Wakes) {
         let mut state = self.state();
         if event.seq <= state.delivered {
             return;
@@ -142,7 +142,7 @@ impl CatchUp {
                 self.wake.notify_one();
                 return;
             }
-            self.sink.push_event(event);
+            self.sink.push_event(event, wakes);
             state.delivered = event.seq;
         } else if state.buffer.len() < BUFFER_LIMIT {
             state.buffer.push_back(event.clone());
@@ -204,7 +204,7 @@ impl CatchUp {
         .await?;
         for event in &last {
             self.pace().await;
-            self.sink.push_event(event);
+            self.sink.push_event(event, &mut Wakes::default());
         }
         self.state().delivered = head;
         Ok(())
@@ -223,7 +223,7 @@ impl CatchUp {
             let chunk = blocking(move || reader.read(&filter, from, to, CHUNK)).await?;
             for event in &chunk.events {
                 self.pace().await;
-                self.sink.push_event(event);
+                self.sink.push_event(event, &mut Wakes::default());
             }
             self.state().delivered = chunk.next - 1;
         }
@@ -241,13 +241,14 @@ impl CatchUp {
         }
         while let Some(event) = state.buffer.pop_front() {
             if event.seq > state.delivered {
-                self.sink.push_event(&event);
+                self.sink.push_event(&event, &mut Wakes::default());
                 state.delivered = event.seq;
             }
         }
         if !*marked {
             let last = itoa::Buffer::new().format(state.delivered).to_owned();
-            self.sink.push_status(&self.marker_subject, "100 Caught Up", &[(headers::LAST_SEQUENCE, last.as_bytes())]);
+            let last = [(headers::LAST_SEQUENCE, last.as_bytes())];
+            self.sink.push_status(&self.marker_subject, "100 Caught Up", &last, &mut Wakes::default());
             *marked = true;
         }
         state.live = true;
@@ -276,11 +277,12 @@ pub(super) async fn fetch(store: Arc<Store>, head: u64, query: Query, sink: Sink
                 &end,
                 "204 End Of Results",
                 &[("Eventline-Count", count.as_bytes()), (headers::LAST_SEQUENCE, last.as_bytes())],
+                &mut Wakes::default(),
             );
         }
         Err(error) => {
             warn!(%error, "query failed to read the log");
-            sink.push_status(&end, "500 Storage Failure", &[]);
+            sink.push_status(&end, "500 Storage Failure", &[], &mut Wakes::default());
         }
     }
 }
@@ -307,7 +309,7 @@ async fn fetch_events(store: &Arc<Store>, head: u64, query: &Query, sink: &Sink)
             while sink.outbound.is_lagging() && !sink.outbound.is_closed() {
                 sink.outbound.wait_drained().await;
             }
-            sink.push_event(event);
+            sink.push_event(event, &mut Wakes::default());
             count += 1;
         }
         from = chunk.next;
@@ -353,12 +355,12 @@ pub(super) async fn last(store: Arc<Store>, head: u64, subject: Bytes, sink: Sin
     .await;
     match found {
         Ok(Some(event)) => {
-            sink.push_event_as(&reply, &event);
+            sink.push_event_as(&reply, &event, &mut Wakes::default());
         }
-        Ok(None) => sink.push_status(&reply, "404 No Messages", &[]),
+        Ok(None) => sink.push_status(&reply, "404 No Messages", &[], &mut Wakes::default()),
         Err(error) => {
             warn!(%error, "get-last failed to read the log");
-            sink.push_status(&reply, "500 Storage Failure", &[]);
+            sink.push_status(&reply, "500 Storage Failure", &[], &mut Wakes::default());
         }
     }
 }
@@ -402,14 +404,14 @@ mod tests {
     /// after the marker, which must not claim them.
     #[test]
     fn the_marker_names_what_came_before_it_even_when_the_head_ran_ahead() {
-        let outbound = Arc::new(Outbound::new(1 << 20));
+        let outbound = Arc::new(Outbound::new(1 << 20, None));
         let sink = Sink { outbound: Arc::clone(&outbound), sid: Bytes::from_static(b"1") };
         let filter = Filter::new(Bytes::from_static(b">")).expect("filter");
         let catch_up = CatchUp::new(1, filter, sink, Bytes::from_static(b">"), 5);
         let mut marked = false;
         assert!(catch_up.go_live(&mut marked));
         for seq in 6..=10 {
-            catch_up.offer(&event(seq));
+            catch_up.offer(&event(seq), &mut Wakes::default());
         }
         let (seqs, marker) = delivered(&outbound);
         assert_eq!((seqs, marker), ((6..=10).collect(), Some((0, 5))));

@@ -17,7 +17,8 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use tokio_util::sync::CancellationToken;
 use tracing::error;
 
-use super::delivery::{Committed, Delivery};
+use super::append::Committed;
+use super::delivery::Delivery;
 use crate::store::Store;
 
 /// Handoffs that may wait for the finisher (each batch is two: written, stored) before the
@@ -163,20 +164,17 @@ mod tests {
     use tokio::sync::watch;
 
     use super::*;
-    use crate::broker::delivery::Completion;
+    use crate::broker::append::Completion;
     use crate::broker::router::Router;
+    use crate::config::StoreConfig;
 
     /// The writer delivers a batch itself only while the finisher is idle; a batch still
     /// being delivered must keep it busy, or the writer's next batch could overtake it.
-    #[tokio::test]
-    async fn busy_until_every_batch_handed_over_is_delivered() {
+    #[test]
+    fn busy_until_every_batch_handed_over_is_delivered() {
         let dir = tempfile::TempDir::new().expect("temp dir");
-        let store = Arc::new(Store::open(dir.path()).expect("opens"));
-        let delivery = Delivery {
-            router: Arc::new(Router::new()),
-            head: Arc::new(watch::channel(0).0),
-            runtime: tokio::runtime::Handle::current(),
-        };
+        let store = Store::open(&StoreConfig::new(dir.path()), |_| {}).expect("opens");
+        let delivery = Delivery { router: Arc::new(Router::new()), head: Arc::new(watch::channel(0).0) };
         let failed = Arc::new(AtomicBool::new(false));
         let mut finisher = Finisher::start(0, store, delivery, failed, CancellationToken::new()).expect("starts");
         assert!(finisher.is_idle(), "nothing handed over yet");

@@ -7,34 +7,37 @@
 //! never waiting for a subscriber. Any other message goes to the [`timeline`] writer, which
 //! stores it and routes it the same way once it is durable.
 
+mod append;
 mod catchup;
-mod checkpoint;
 mod delivery;
 mod error;
 mod finisher;
 mod outbound;
+mod reply;
 mod router;
 mod session;
-pub mod timeline;
+mod timeline;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::StoreConfig;
 use crate::protocol::{DEFAULT_MAX_PAYLOAD, Extensions, Info};
 use crate::store::{Store, StoreError};
 use crate::subject::{Filter, matches};
 
+pub use crate::config::FsyncPolicy;
 pub use error::BrokerError;
-pub use outbound::{CloseReason, DirectWrite, Outbound, Pending, Pushed, SHARE_PAYLOADS_FROM};
+pub use outbound::{CloseReason, Outbound, Pending, Pushed, SHARE_PAYLOADS_FROM, Wake};
 use router::Router;
 pub use router::Subscription;
 pub use session::Session;
-pub use timeline::{FsyncPolicy, Timeline};
+use timeline::Timeline;
 
 /// Default bound on a connection's unsent bytes before it is cut as a slow consumer
 /// (nats-server's `max_pending`).
@@ -71,6 +74,9 @@ pub struct BrokerConfig {
     pub max_pending: usize,
     pub ping_interval: Duration,
     pub write_deadline: Duration,
+    /// Whether the write path may write to an idle connection's socket itself (see the
+    /// server's direct writes) instead of waking its writer task.
+    pub direct_writes: bool,
 }
 
 impl Default for BrokerConfig {
@@ -85,6 +91,7 @@ impl Default for BrokerConfig {
             max_pending: DEFAULT_MAX_PENDING,
             ping_interval: DEFAULT_PING_INTERVAL,
             write_deadline: DEFAULT_WRITE_DEADLINE,
+            direct_writes: true,
         }
     }
 }
@@ -120,14 +127,23 @@ impl Broker {
     /// # Errors
     /// The log cannot be opened, or lost acknowledged events (see [`Store::open`]).
     pub fn start(config: BrokerConfig, fatal: CancellationToken) -> Result<Self, StoreError> {
-        let store = Arc::new(Store::open(&config.data)?);
+        // Once the log fails, nothing more is acknowledged and the process stops.
+        let failed = Arc::new(AtomicBool::new(false));
+        let on_failure = {
+            let (failed, fatal) = (Arc::clone(&failed), fatal.clone());
+            move |_: &StoreError| {
+                failed.store(true, Ordering::Relaxed);
+                fatal.cancel();
+            }
+        };
+        let store = Store::open(&StoreConfig::new(&config.data), on_failure)?;
         let router = Arc::new(Router::new());
         let timeline_config = timeline::TimelineConfig {
             fsync: config.fsync,
             dedup_window: config.dedup_window,
             max_batch_bytes: timeline::MAX_BATCH_BYTES.min(config.max_pending / 4),
         };
-        let timeline = Timeline::start(Arc::clone(&store), Arc::clone(&router), &timeline_config, fatal)?;
+        let timeline = Timeline::start(Arc::clone(&store), Arc::clone(&router), &timeline_config, failed, fatal)?;
         let server_id: String = rand::rng()
             .sample_iter(rand::distr::Alphanumeric)
             .take(22)

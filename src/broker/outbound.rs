@@ -9,9 +9,13 @@
 //! publisher's core and each subscriber's writer core would otherwise bounce between them
 //! for every message.
 //!
-//! Pushing never blocks. A push that takes the pending bytes past `max_pending` closes the
-//! connection as a slow consumer (nats-server's rule). Before that, past [`LAGGING_AT_MOST`] (or half the bound),
-//! the push reports the subscriber as lagging so the publisher can pause briefly
+//! Pushing never blocks, and never wakes the writer by itself: the pusher collects the
+//! queues it filled in [`Wakes`] and wakes each once its batch is queued (a read's worth of
+//! messages, or a committed batch of the log), so the writer sends the batch in one write
+//! and is woken once per batch. How a writer is woken is the server's choice (see [`Wake`]).
+//! A push that takes the pending bytes past `max_pending` closes the connection as a slow
+//! consumer (nats-server's rule). Before that, past [`LAGGING_AT_MOST`] (or half the
+//! bound), the push reports the subscriber as lagging so the publisher can pause briefly
 //! ([`Outbound::wait_drained`]), as nats-server stalls fast producers.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -98,29 +102,47 @@ impl Pending {
     }
 }
 
-/// A connection's socket as a thread outside the runtime may write it directly: without
-/// blocking, and only while the connection's writer task is idle (see [`Outbound::flush`]).
-pub trait DirectWrite: Send + Sync {
-    /// Writes what the socket takes now; `WouldBlock` if nothing.
-    ///
-    /// # Errors
-    /// As a non-blocking socket write.
-    fn try_write(&self, bytes: &[u8]) -> std::io::Result<usize>;
+/// How a connection's writer learns that something is queued for it. Without one, its
+/// writer task is notified; the server layer may install another (for instance one that
+/// writes to an idle socket at once, see [`Outbound::write_now`]).
+pub trait Wake: Send + Sync {
+    /// Called once per batch queued; must not block.
+    fn wake(&self, outbound: &Outbound);
+}
+
+/// The queues a batch of pushes filled, to wake once the batch is complete. Dropping it
+/// wakes them too, so a forgotten wake can delay a message but never strand it.
+#[derive(Default)]
+pub struct Wakes(Vec<Arc<Outbound>>);
+
+impl Wakes {
+    /// Wakes every queue collected so far.
+    pub fn wake(&mut self) {
+        for outbound in self.0.drain(..) {
+            outbound.wake();
+        }
+    }
+}
+
+impl Drop for Wakes {
+    fn drop(&mut self) {
+        self.wake();
+    }
 }
 
 /// What the writer task has yet to send, and whether it is sending a batch.
 #[derive(Default)]
 struct Queue {
     pending: Pending,
-    /// Between [`Outbound::take`] and [`Outbound::sent`]: a direct write now could
-    /// overtake the batch.
+    /// Between [`Outbound::take`] and [`Outbound::sent`]: a write now could overtake the batch.
     writing: bool,
-    direct: Option<Arc<dyn DirectWrite>>,
 }
 
 /// The queue between fan-out (any task or thread) and one connection's writer task.
 pub struct Outbound {
     queue: Mutex<Queue>,
+    /// How the writer is woken; `None`: notify its task.
+    waker: Option<Arc<dyn Wake>>,
     /// Bytes queued plus bytes the writer has taken but not yet written.
     held: AtomicUsize,
     max_pending: usize,
@@ -136,9 +158,12 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    pub fn new(max_pending: usize) -> Self {
+    /// A queue bounded by `max_pending` bytes whose writer task is notified when a batch is
+    /// queued, or woken by `waker` instead.
+    pub fn new(max_pending: usize, waker: Option<Arc<dyn Wake>>) -> Self {
         Outbound {
             queue: Mutex::new(Queue::default()),
+            waker,
             held: AtomicUsize::new(0),
             max_pending,
             lagging_at: (max_pending / 2).min(LAGGING_AT_MOST),
@@ -150,33 +175,17 @@ impl Outbound {
         }
     }
 
-    /// Queues one `MSG` (or `HMSG` when `headers` is given) for the subscription `sid`.
+    /// Queues one `MSG` (or `HMSG` when `headers` is given) for the subscription `sid`;
+    /// `wakes` gets the queue if the writer must be woken once the batch is complete.
     pub fn push_msg(
-        &self,
+        self: &Arc<Self>,
         subject: &[u8],
         sid: &[u8],
         reply: Option<&[u8]>,
         headers: Option<&[u8]>,
         payload: &Bytes,
+        wakes: &mut Wakes,
     ) -> Pushed {
-        let (pushed, must_flush) = self.push_msg_unwoken(subject, sid, reply, headers, payload);
-        if must_flush {
-            self.wake.notify_one();
-        }
-        pushed
-    }
-
-    /// Queues like [`Outbound::push_msg`] but leaves the writer asleep; also returns
-    /// whether the caller must [`Outbound::flush`] once it has queued the rest (as for
-    /// [`Outbound::push_op_unwoken`]).
-    pub fn push_msg_unwoken(
-        &self,
-        subject: &[u8],
-        sid: &[u8],
-        reply: Option<&[u8]>,
-        headers: Option<&[u8]>,
-        payload: &Bytes,
-    ) -> (Pushed, bool) {
         let size = subject.len()
             + sid.len()
             + reply.map_or(0, <[u8]>::len)
@@ -188,7 +197,7 @@ impl Outbound {
             if !self.is_closed() {
                 self.close(CloseReason::SlowConsumer);
             }
-            return (Pushed::Dropped, false);
+            return Pushed::Dropped;
         }
         let queued = self.queue(|pending| {
             let header_len = headers.map(<[u8]>::len);
@@ -204,63 +213,60 @@ impl Outbound {
             pending.encoded.put_slice(b"\r\n");
         });
         match queued {
-            None => (Pushed::Dropped, false),
-            Some(was_empty) if held + size > self.lagging_at => (Pushed::Lagging, was_empty),
-            Some(was_empty) => (Pushed::Queued, was_empty),
+            None => Pushed::Dropped,
+            Some(was_empty) => {
+                if was_empty {
+                    wakes.0.push(Arc::clone(self));
+                }
+                if held + size > self.lagging_at { Pushed::Lagging } else { Pushed::Queued }
+            }
+        }
+    }
+
+    /// Queues a protocol op (`PONG`, `+OK`, `+ACK` ...) to wake with `wakes`. These answer
+    /// the connection's own requests, so they are not held to the slow-consumer bound.
+    pub fn push_op(self: &Arc<Self>, op: &ServerOp, wakes: &mut Wakes) {
+        if self.queue(|pending| encode::server_op(op, &mut pending.encoded)) == Some(true) {
+            wakes.0.push(Arc::clone(self));
         }
     }
 
-    /// Queues a protocol op (`PONG`, `+OK`, `-ERR` ...). These answer the connection's own
-    /// requests, so they are not held to the slow-consumer bound.
-    pub fn push_op(&self, op: &ServerOp) -> bool {
-        self.push(|pending| encode::server_op(op, &mut pending.encoded))
+    /// Queues a protocol op as [`Outbound::push_op`] and wakes the writer now.
+    pub fn send_op(self: &Arc<Self>, op: &ServerOp) {
+        self.push_op(op, &mut Wakes::default());
     }
 
-    /// Queues a protocol op like [`Outbound::push_op`] but leaves the writer asleep;
-    /// returns whether the caller must [`Outbound::flush`] once it has queued the rest.
-    /// A batch of acks then goes out in one write instead of trickling out as the writer
-    /// races the pushes.
-    pub fn push_op_unwoken(&self, op: &ServerOp) -> bool {
-        self.queue(|pending| encode::server_op(op, &mut pending.encoded)) == Some(true)
-    }
-
-    /// Sends what the `_unwoken` pushes queued: straight to the socket if the writer
-    /// task is idle and the socket takes it all, so a thread outside the runtime (the
-    /// finisher, the timeline writer) answers without waking a runtime worker, a wake-up
-    /// that costs tens of microseconds on a virtual machine; otherwise it wakes the
-    /// writer task for the rest.
-    pub fn flush(&self) {
-        let mut queue = self.lock_queue();
-        if let Some(direct) = queue.direct.clone().filter(|_| !queue.writing && queue.pending.shared.is_empty()) {
-            let pending = &mut queue.pending;
-            if let Ok(written) = direct.try_write(&pending.encoded) {
-                pending.consume(written);
-                self.written(written);
-            }
-            if pending.is_empty() {
-                return;
-            }
+    /// Wakes the writer: through the server's [`Wake`], or by notifying its task.
+    fn wake(&self) {
+        match &self.waker {
+            Some(waker) => waker.wake(self),
+            None => self.notify(),
         }
-        drop(queue);
+    }
+
+    /// Notifies the writer task that something is queued.
+    pub fn notify(&self) {
         self.wake.notify_one();
     }
 
-    /// Lets fan-out write to the socket directly (see [`Outbound::flush`]).
-    pub fn write_directly_to(&self, socket: Arc<dyn DirectWrite>) {
-        self.lock_queue().direct = Some(socket);
+    /// Sends what is queued with `write` (a non-blocking write returning how many bytes it
+    /// took) if the writer task is idle and nothing queued is a shared payload; returns
+    /// whether everything went out. For a [`Wake`] that writes to an idle socket itself.
+    pub fn write_now(&self, mut write: impl FnMut(&[u8]) -> std::io::Result<usize>) -> bool {
+        let mut queue = self.lock_queue();
+        if queue.writing || !queue.pending.shared.is_empty() {
+            return queue.pending.is_empty();
+        }
+        let pending = &mut queue.pending;
+        if let Ok(written) = write(&pending.encoded) {
+            pending.consume(written);
+            self.written(written);
+        }
+        pending.is_empty()
     }
 
     fn lock_queue(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Runs `write` on the pending buffers and wakes the writer if they were empty.
-    fn push(&self, write: impl FnOnce(&mut Pending)) -> bool {
-        let queued = self.queue(write);
-        if queued == Some(true) {
-            self.wake.notify_one();
-        }
-        queued.is_some()
     }
 
     /// Runs `write` on the pending buffers and counts exactly the bytes it added (the
@@ -284,7 +290,7 @@ impl Outbound {
 
     /// Swaps everything queued into `batch` (which must be empty), so steady state
     /// allocates nothing. Pass `batch.len()` to [`Outbound::written`] once it is sent.
-    /// Until [`Outbound::sent`], nothing is written directly.
+    /// Until [`Outbound::sent`], [`Outbound::write_now`] writes nothing.
     pub fn take(&self, batch: &mut Pending) {
         let mut queue = self.lock_queue();
         std::mem::swap(&mut queue.pending, batch);
@@ -333,8 +339,6 @@ impl Outbound {
     /// Starts closing the connection; the first reason given is the one kept.
     pub fn close(&self, reason: CloseReason) {
         self.close_reason.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(reason);
-        // The socket closes with the writer task, not with the last holder of this queue.
-        self.lock_queue().direct = None;
         self.closed.store(true, Ordering::Release);
         self.closing.cancel();
     }

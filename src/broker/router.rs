@@ -7,13 +7,13 @@ use bytes::Bytes;
 use rand::Rng;
 
 use super::catchup::CatchUp;
-use super::{Outbound, Pushed};
+use super::outbound::{Outbound, Pushed, Wakes};
 use crate::protocol::Pub;
 use crate::store::Event;
 use crate::subject::{Filter, Matches, Sublist};
 
 /// The subscription table. Fan-out only pushes onto subscribers' outbound queues, so it
-/// can run on any task or thread (connection readers, the timeline writer).
+/// can run on any task or thread (connection readers, the write path's threads).
 pub struct Router {
     pub(super) subscriptions: Sublist<Arc<Subscription>>,
     /// Catch-up subscriptions, offered each stored event after it is committed.
@@ -55,7 +55,7 @@ impl Subscription {
 }
 
 /// What routing one message did: how many subscriptions took it, and a subscriber that is
-/// lagging (lagging (see `LAGGING_AT_MOST`)), which the publisher should give a moment to drain.
+/// lagging (see `LAGGING_AT_MOST`), which the publisher should give a moment to drain.
 #[derive(Default)]
 pub(crate) struct Routed {
     pub(super) delivered: usize,
@@ -96,10 +96,10 @@ impl Router {
     }
 
     /// Offers a committed event to the catch-up subscriptions whose filter matches.
-    pub(super) fn offer(&self, event: &Event) {
+    pub(super) fn offer(&self, event: &Event, wakes: &mut Wakes) {
         let matches = self.catchups.matches(&event.subject);
         for catchup in &matches.plain {
-            catchup.offer(event);
+            catchup.offer(event, wakes);
         }
     }
 
@@ -147,43 +147,17 @@ impl Router {
         self.unsubscribe(subscription);
     }
 
-    /// Delivers a message to every matching subscription, echo rules applied.
-    pub(super) fn route(&self, message: &Pub, publisher: u64, echo: bool) -> Routed {
-        self.route_to(message, publisher, echo, None)
-    }
-
-    /// Routes like [`Router::route`] but leaves the subscribers' writer tasks asleep: each
-    /// subscriber to [`Outbound::flush`] is added to `to_flush`, for the caller to flush
-    /// once its whole batch is pushed. A thread outside the runtime (the timeline writer,
-    /// the finisher) then writes to idle sockets itself instead of waking a runtime worker
-    /// per subscriber.
-    pub(super) fn route_unwoken(
-        &self,
-        message: &Pub,
-        publisher: u64,
-        echo: bool,
-        to_flush: &mut Vec<Arc<Outbound>>,
-    ) -> Routed {
-        self.route_to(message, publisher, echo, Some(to_flush))
-    }
-
-    fn route_to(
-        &self,
-        message: &Pub,
-        publisher: u64,
-        echo: bool,
-        mut to_flush: Option<&mut Vec<Arc<Outbound>>>,
-    ) -> Routed {
+    /// Delivers a message to every matching subscription but those of the client `skips`
+    /// (a publisher with echo off). Never waits: each subscriber's queue goes into `wakes`.
+    pub(super) fn route(&self, message: &Pub, skips: Option<u64>, wakes: &mut Wakes) -> Routed {
         let matches = self.matches(&message.subject);
-        let deliverable = |sub: &Subscription| echo || sub.client_id != publisher;
+        let deliverable = |sub: &Subscription| skips != Some(sub.client_id);
         let mut routed = Routed::default();
         for sub in matches.plain.iter().filter(|s| deliverable(s)) {
-            routed.note(sub, self.deliver(sub, message, to_flush.as_deref_mut()));
+            routed.note(sub, self.deliver(sub, message, wakes));
         }
         for group in &matches.groups {
-            if let Some((sub, pushed)) =
-                self.deliver_to_one(&group.members, message, &deliverable, to_flush.as_deref_mut())
-            {
+            if let Some((sub, pushed)) = self.deliver_to_one(&group.members, message, &deliverable, wakes) {
                 routed.note(sub, pushed);
             }
         }
@@ -197,33 +171,24 @@ impl Router {
         members: &'a [Arc<Subscription>],
         message: &Pub,
         deliverable: &dyn Fn(&Subscription) -> bool,
-        mut to_flush: Option<&mut Vec<Arc<Outbound>>>,
+        wakes: &mut Wakes,
     ) -> Option<(&'a Arc<Subscription>, Pushed)> {
         let start = rand::rng().random_range(0..members.len().max(1));
         (0..members.len())
             .map(|i| &members[(start + i) % members.len()])
             .filter(|sub| deliverable(sub))
-            .map(|sub| (sub, self.deliver(sub, message, to_flush.as_deref_mut())))
+            .map(|sub| (sub, self.deliver(sub, message, wakes)))
             .find(|(_, pushed)| *pushed != Pushed::Dropped)
     }
 
-    /// Pushes `message` to one subscriber, waking its writer task unless `to_flush` takes it.
-    fn deliver(&self, sub: &Arc<Subscription>, message: &Pub, to_flush: Option<&mut Vec<Arc<Outbound>>>) -> Pushed {
+    /// Pushes `message` to one subscriber.
+    fn deliver(&self, sub: &Arc<Subscription>, message: &Pub, wakes: &mut Wakes) -> Pushed {
         if !sub.take_delivery() {
             return Pushed::Dropped;
         }
         let headers = if sub.headers { message.headers.as_deref() } else { None };
         let (subject, reply, payload) = (&message.subject, message.reply.as_deref(), &message.payload);
-        let pushed = match to_flush {
-            None => sub.outbound.push_msg(subject, &sub.sid, reply, headers, payload),
-            Some(to_flush) => {
-                let (pushed, must_flush) = sub.outbound.push_msg_unwoken(subject, &sub.sid, reply, headers, payload);
-                if must_flush {
-                    to_flush.push(Arc::clone(&sub.outbound));
-                }
-                pushed
-            }
-        };
+        let pushed = sub.outbound.push_msg(subject, &sub.sid, reply, headers, payload, wakes);
         if sub.is_exhausted() {
             self.subscriptions.remove(&sub.filter, sub.queue.as_ref(), sub);
         }

@@ -10,11 +10,12 @@
 //! batch written meanwhile (group commit; see [`super::finisher`]), or by this thread when
 //! nothing else is in flight; under `interval` and `never` right away on this thread. So a
 //! subscriber never sees an event that a crash could take back (with `always`), and live
-//! delivery and replay agree on order.
+//! delivery and replay agree on order. The writer knows appends only as the vocabulary of
+//! [`super::append`]: nothing of the sessions they came from.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -23,12 +24,12 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::error;
 
-use super::Outbound;
-use super::checkpoint::Checkpointer;
-use super::delivery::{Admitted, Committed, Completion, Delivery};
+use super::append::{Admitted, Append, Committed, Completion, Outcome, Request, Stored};
+use super::delivery::Delivery;
 use super::finisher::{Finisher, Handoff};
 use super::router::Router;
-use crate::protocol::{Pub, PublishOptions, Refusal, api};
+use crate::config::FsyncPolicy;
+use crate::protocol::Refusal;
 use crate::store::{DedupEntry, Event, Store, StoreError};
 use crate::subject::matches;
 
@@ -50,98 +51,6 @@ const SUBJECT_CACHE: usize = 100_000;
 /// How long the writer looks for its next request before it parks its thread (see
 /// [`next_request`]).
 const LOOK_BEFORE_PARKING: Duration = Duration::from_micros(100);
-
-/// When an appended event counts as durable, and so when it is acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsyncPolicy {
-    /// fdatasync each batch before acknowledging it: acknowledged events survive power loss.
-    Always,
-    /// Acknowledge once written to the OS and fdatasync every interval: acknowledged events
-    /// survive a crash of the process, but a power loss may take the last interval back.
-    Interval(Duration),
-    /// Acknowledge once written to the OS and leave syncing to it: survives a crash of the
-    /// process, not of the machine.
-    Never,
-}
-
-/// Who hears how an append went.
-pub(crate) enum AckTo {
-    /// A plain `PUB`: nobody (NATS semantics).
-    Nobody,
-    /// `APUB`: a `+ACK`/`-NAK` line to the publisher.
-    Line(Arc<Outbound>),
-    /// A `$`-API request: a JSON reply published to this subject.
-    Reply(Bytes),
-}
-
-/// One publish to store.
-pub(crate) struct Append {
-    /// Validated, non-volatile subject.
-    pub message: Pub,
-    pub options: PublishOptions,
-    pub publisher: u64,
-    pub echo: bool,
-    pub ack: AckTo,
-    /// The requester's outbound and reply sid, if it wants a 503 when nobody is listening.
-    pub no_responders: Option<(Arc<Outbound>, Bytes)>,
-    /// The publisher's count of undelivered appends, decremented once this one is done.
-    pub in_flight: Arc<AtomicUsize>,
-}
-
-pub(crate) enum Request {
-    /// One connection's appends, in its order: as many as one read of its socket held (up
-    /// to a bound), so a burst costs the writer one request, not one per message.
-    Appends(Vec<Append>),
-    /// Run once everything queued before it is stored and delivered: a client's `PONG`,
-    /// `SUB` or `UNSUB` that must keep its place after the client's own publishes.
-    Call(Box<dyn FnOnce() + Send>),
-    /// The `interval` fsync policy's tick.
-    Sync,
-    /// Finish what is queued before it, then stop (and close the log).
-    Stop,
-}
-
-impl Request {
-    /// Appends and their payload bytes, for the batch bounds.
-    fn size(&self) -> (usize, usize) {
-        match self {
-            Request::Appends(appends) => (appends.len(), appends.iter().map(Append::size).sum()),
-            Request::Call(_) | Request::Sync | Request::Stop => (0, 0),
-        }
-    }
-
-    /// The appends of a request that will not be committed.
-    pub(crate) fn into_appends(self) -> Vec<Append> {
-        match self {
-            Request::Appends(appends) => appends,
-            Request::Call(_) | Request::Sync | Request::Stop => Vec::new(),
-        }
-    }
-}
-
-impl Append {
-    /// Payload bytes, headers included.
-    pub(crate) fn size(&self) -> usize {
-        self.message.payload.len() + self.message.headers.as_ref().map_or(0, Bytes::len)
-    }
-}
-
-/// How an append went.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Stored {
-        seq: u64,
-        revision: u64,
-    },
-    Duplicate {
-        seq: u64,
-        revision: u64,
-    },
-    /// A condition did not hold; nothing was stored or delivered.
-    Rejected(Refusal),
-    /// The log failed; nothing more will be acknowledged.
-    Failed,
-}
 
 /// The handle connections use to reach the writer.
 #[derive(Clone)]
@@ -174,6 +83,7 @@ impl Timeline {
         store: Arc<Store>,
         router: Arc<Router>,
         config: &TimelineConfig,
+        failed: Arc<AtomicBool>,
         fatal: CancellationToken,
     ) -> Result<Timeline, StoreError> {
         let head = store.last_seq()?;
@@ -183,8 +93,7 @@ impl Timeline {
         };
         let (requests, receiver) = mpsc::channel(QUEUE_DEPTH);
         let (head_sender, head_receiver) = watch::channel(head);
-        let failed = Arc::new(AtomicBool::new(false));
-        let delivery = Delivery { router, head: Arc::new(head_sender), runtime: tokio::runtime::Handle::current() };
+        let delivery = Delivery { router, head: Arc::new(head_sender) };
         let finishing = match config.fsync {
             FsyncPolicy::Always => Finishing::Finisher(Finisher::start(
                 head,
@@ -195,7 +104,6 @@ impl Timeline {
             )?),
             FsyncPolicy::Interval(_) | FsyncPolicy::Never => Finishing::Inline,
         };
-        let checkpointer = Checkpointer::start(Arc::clone(&store), Arc::clone(&failed), fatal.clone())?;
         let queued = Arc::new(Semaphore::new(QUEUED_APPENDS));
         let mut writer = Writer {
             queued: Arc::clone(&queued),
@@ -212,7 +120,6 @@ impl Timeline {
             fatal,
             delivery,
             finishing,
-            checkpointer,
         };
         writer.load_dedup_window()?;
         let thread = std::thread::Builder::new().name("timeline-writer".into()).spawn(move || writer.run(receiver))?;
@@ -285,7 +192,6 @@ struct Writer {
     fatal: CancellationToken,
     delivery: Delivery,
     finishing: Finishing,
-    checkpointer: Checkpointer,
 }
 
 /// A batch admitted by the writer, to be written to the log.
@@ -343,7 +249,7 @@ impl Writer {
         }
         self.queued.close();
         self.stop_finisher();
-        self.checkpointer.stop();
+        self.store.close();
     }
 
     /// Lets the finisher deliver what it holds and stops it (before anything later is
@@ -444,10 +350,13 @@ impl Writer {
                                 return Err(failure);
                             }
                         };
-                        let event = matches!(outcome, Outcome::Stored { .. }).then_some(events.len());
-                        if let Outcome::Stored { seq, revision } = outcome {
-                            self.record(&append, seq, revision, &mut events, &mut new_dedup);
-                        }
+                        let event = match outcome {
+                            Ok(Stored { seq, revision, duplicate: false }) => {
+                                self.record(&append, seq, revision, &mut events, &mut new_dedup);
+                                Some(events.len() - 1)
+                            }
+                            Ok(_) | Err(_) => None,
+                        };
                         completions.push(Completion::Append(Admitted { append, outcome, event }));
                     }
                 }
@@ -462,18 +371,18 @@ impl Writer {
     fn admit(&mut self, append: &Append, batch: &[Event]) -> Result<Outcome, StoreError> {
         let options = &append.options;
         if let Some(&(seq, revision)) = options.msg_id.as_ref().and_then(|id| self.dedup.get(id)) {
-            return Ok(Outcome::Duplicate { seq, revision });
+            return Ok(Ok(Stored { seq, revision, duplicate: true }));
         }
         let subject = &append.message.subject;
         if let Some(expected) = options.expected_last_seq.filter(|&expected| expected != self.head) {
-            return Ok(Outcome::Rejected(Refusal::LastSequence { expected, actual: self.head }));
+            return Ok(Err(Refusal::LastSequence { expected, actual: self.head }));
         }
         let (last_seq, last_revision) = self.last_of_subject(subject)?;
         if let Some(expected) = options.expected_last_subject_seq.filter(|&expected| expected != last_seq) {
-            return Ok(Outcome::Rejected(Refusal::LastSubjectSequence { expected, actual: last_seq }));
+            return Ok(Err(Refusal::LastSubjectSequence { expected, actual: last_seq }));
         }
         if let Some(expected) = options.expected_revision.filter(|&expected| expected != last_revision) {
-            return Ok(Outcome::Rejected(Refusal::Revision { expected, actual: last_revision }));
+            return Ok(Err(Refusal::Revision { expected, actual: last_revision }));
         }
         if let Some(unchanged) = &options.unchanged_since {
             let committed = self.head - batch.len() as u64;
@@ -486,11 +395,11 @@ impl Writer {
                 };
                 if let Some(actual) = actual {
                     let filter = filter.to_string();
-                    return Ok(Outcome::Rejected(Refusal::Changed { filter, after: unchanged.after, actual }));
+                    return Ok(Err(Refusal::Changed { filter, after: unchanged.after, actual }));
                 }
             }
         }
-        Ok(Outcome::Stored { seq: self.head + 1, revision: last_revision + 1 })
+        Ok(Ok(Stored { seq: self.head + 1, revision: last_revision + 1, duplicate: false }))
     }
 
     /// The last sequence and revision of `subject`, counting events admitted but not yet
@@ -588,16 +497,6 @@ fn next_request(receiver: &mut mpsc::Receiver<Request>) -> Option<Request> {
     }
 }
 
-/// The JSON reply of a `$EL.PUB` publish.
-pub(crate) fn outcome_json(outcome: &Outcome) -> Bytes {
-    match outcome {
-        Outcome::Stored { seq, revision } => api::published(*seq, *revision, false),
-        Outcome::Duplicate { seq, revision } => api::published(*seq, *revision, true),
-        Outcome::Rejected(refusal) => api::refused(refusal),
-        Outcome::Failed => api::refused(&Refusal::StorageFailure),
-    }
-}
-
 fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -608,7 +507,22 @@ mod tests {
     use std::task::{Context, Waker};
 
     use super::*;
+    use crate::broker::append::{Answer, Publisher, Reply};
+    use crate::broker::outbound::{Outbound, Wakes};
     use crate::broker::{Broker, BrokerConfig};
+    use crate::protocol::{Pub, PublishOptions};
+
+    /// A publisher that hears nothing: the test counts what the writer stores.
+    struct Silent;
+
+    impl Publisher for Silent {
+        fn skips(&self) -> Option<u64> {
+            None
+        }
+        fn answer(&self, _: &Answer, _: &Pub, _: &Outcome, _: usize, _: &mut Wakes) {}
+        fn paced_by(&self, _: Arc<Outbound>) {}
+        fn done(&self) {}
+    }
 
     fn append() -> Append {
         Append {
@@ -619,11 +533,7 @@ mod tests {
                 payload: Bytes::from_static(b"x"),
             },
             options: PublishOptions::default(),
-            publisher: 1,
-            echo: false,
-            ack: AckTo::Nobody,
-            no_responders: None,
-            in_flight: Arc::new(AtomicUsize::new(0)),
+            reply: Reply { publisher: Arc::new(Silent), answer: Answer::Nothing },
         }
     }
 

@@ -1,6 +1,5 @@
 //! One client connection: this task reads and parses, a spawned writer task writes.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +13,8 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::broker::{
-    Broker, BrokerConfig, CloseReason, DirectWrite, MAX_PINGS_OUT, MAX_STALL, Outbound, Pending, Session,
-};
+use super::direct::DirectWrite;
+use crate::broker::{Broker, BrokerConfig, CloseReason, MAX_PINGS_OUT, MAX_STALL, Outbound, Pending, Session, Wake};
 use crate::protocol::codec::ClientCodec;
 use crate::protocol::{ClientOp, ProtocolError, ServerOp};
 
@@ -37,14 +35,15 @@ pub(super) async fn serve(
     // Small messages must not wait for Nagle; the writer already coalesces.
     let _ = socket.set_nodelay(true);
     let config = broker.config().clone();
-    let outbound = Arc::new(Outbound::new(config.max_pending));
-    let socket = match with_direct_writes(socket, &outbound) {
-        Ok(socket) => socket,
+    let (socket, direct) = match direct_writes(socket, config.direct_writes) {
+        Ok(taken) => taken,
         Err(error) => {
             warn!(%peer, %error, "cannot take the connection over from the operating system");
             return;
         }
     };
+    let waker = direct.clone().map(|direct| direct as Arc<dyn Wake>);
+    let outbound = Arc::new(Outbound::new(config.max_pending, waker));
     let (read, write) = socket.into_split();
     let host = local.ip().to_string();
     let mut session = Session::new(Arc::clone(&broker), Arc::clone(&outbound), |client_id| {
@@ -59,6 +58,9 @@ pub(super) async fn serve(
     outbound.close(reason);
     drop(session);
     let _ = writer.await;
+    if let Some(direct) = direct {
+        direct.close();
+    }
     let reason = outbound.close_reason().unwrap_or(reason);
     info!(conn_id, %peer, ?reason, "connection closed");
 }
@@ -66,7 +68,7 @@ pub(super) async fn serve(
 async fn read_loop(
     mut read: OwnedReadHalf,
     session: &mut Session,
-    outbound: &Outbound,
+    outbound: &Arc<Outbound>,
     shutdown: &CancellationToken,
     config: &BrokerConfig,
 ) -> CloseReason {
@@ -85,7 +87,7 @@ async fn read_loop(
                         pings_out = 0;
                     }
                     if let Err(error) = session.handle(op).await {
-                        outbound.push_op(&ServerOp::Err(error.wire_text()));
+                        outbound.send_op(&ServerOp::Err(error.wire_text()));
                         if error.closes_connection() {
                             return CloseReason::ProtocolError;
                         }
@@ -119,43 +121,32 @@ async fn read_loop(
                     continue;
                 }
                 if pings_out >= MAX_PINGS_OUT {
-                    outbound.push_op(&ServerOp::Err("Stale Connection"));
+                    outbound.send_op(&ServerOp::Err("Stale Connection"));
                     return CloseReason::StaleConnection;
                 }
-                outbound.push_op(&ServerOp::Ping);
+                outbound.send_op(&ServerOp::Ping);
                 pings_out += 1;
             }
         }
     }
 }
 
-/// A duplicate of the connection's socket for [`Outbound::flush`]: non-blocking (it shares
-/// the original's file status), written only while the writer task is idle.
-struct DirectSocket(std::net::TcpStream);
-
-impl DirectWrite for DirectSocket {
-    fn try_write(&self, bytes: &[u8]) -> std::io::Result<usize> {
-        (&self.0).write(bytes)
+/// The socket back as the runtime's, with a [`DirectWrite`] duplicate if `enabled`.
+fn direct_writes(socket: TcpStream, enabled: bool) -> std::io::Result<(TcpStream, Option<Arc<DirectWrite>>)> {
+    if !enabled {
+        return Ok((socket, None));
     }
-}
-
-/// Gives `outbound` a [`DirectSocket`]; the stream goes back to the runtime. Without a
-/// duplicate (out of file descriptors, say) the writer task sends everything, as before.
-fn with_direct_writes(socket: TcpStream, outbound: &Outbound) -> std::io::Result<TcpStream> {
     let socket = socket.into_std()?;
-    match socket.try_clone() {
-        Ok(direct) => outbound.write_directly_to(Arc::new(DirectSocket(direct))),
-        Err(error) => debug!(%error, "no direct writes on this connection"),
-    }
-    TcpStream::from_std(socket)
+    let direct = DirectWrite::of(&socket).map(Arc::new);
+    Ok((TcpStream::from_std(socket)?, direct))
 }
 
-fn protocol_failure(error: &ProtocolError, outbound: &Outbound) -> CloseReason {
+fn protocol_failure(error: &ProtocolError, outbound: &Arc<Outbound>) -> CloseReason {
     debug!(%error, "protocol error");
     match error {
         ProtocolError::Io(_) => CloseReason::ClientClosed,
         _ => {
-            outbound.push_op(&ServerOp::Err(error.wire_text()));
+            outbound.send_op(&ServerOp::Err(error.wire_text()));
             CloseReason::ProtocolError
         }
     }

@@ -2,6 +2,7 @@
 //! Everything a connection means is decided in [`crate::broker`]; this layer moves bytes.
 
 mod connection;
+mod direct;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -3,8 +3,22 @@
 //! `spawn_blocking`, never on a tokio worker.
 //!
 //! Every batch is first written to the write-ahead log (see [`wal`]), whose fsync is what an
-//! acknowledgement waits for, and then to fjall without an fsync; checkpoints make fjall
-//! durable and let the write-ahead log reuse its segments.
+//! acknowledgement waits for, and then to fjall without an fsync; the store's own
+//! checkpoint thread (see [`checkpoint`]) makes fjall durable and lets the write-ahead log
+//! reuse its segments.
+//!
+//! # The durability protocol
+//! One writer thread takes each batch through [`Store::write_ahead`] (into the write-ahead
+//! log, in the OS: it survives the process being killed) and then [`Store::commit`] (into
+//! fjall, without an fsync: reads find it from then on). [`Store::sync`], from any thread
+//! and for every batch written so far at once, fdatasyncs the write-ahead log: those
+//! batches survive a power loss. So:
+//! - a batch may be acknowledged once `sync` returned after its `write_ahead` (or, under a
+//!   policy that does not fsync, once `write_ahead` returned);
+//! - it may be shown to readers once `commit` returned;
+//! - the checkpoint thread advances the high-water mark only to what `sync` or a checkpoint
+//!   made durable, and frees a write-ahead log segment only once fjall holds every event in
+//!   it durably, so after a crash start-up finds each acknowledged event in one or the other.
 //!
 //! Keyspaces (integers big-endian, so keys sort numerically):
 //! - `events`: `first seq` -> a run of consecutive events (see [`run`]): a batch becomes a
@@ -16,6 +30,7 @@
 //! Reads never look past the head the caller passes in: the writer publishes the head only
 //! after a batch is committed.
 
+mod checkpoint;
 mod error;
 mod event;
 mod hwm;
@@ -25,13 +40,15 @@ mod wal;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode, Slice};
 
+use crate::config::StoreConfig;
 use crate::subject::{Filter, matches};
 
+use checkpoint::Checkpointer;
 pub use error::StoreError;
 pub use event::Event;
 use hwm::HighWaterMark;
@@ -58,13 +75,6 @@ pub struct Chunk {
     pub next: u64,
 }
 
-/// Block cache. The log is read mostly once, in order (replays), so a large cache buys little.
-const CACHE_BYTES: u64 = 16 * 1024 * 1024;
-/// Memtable size per keyspace: half fjall's 64 MiB default. It bounds the journal replayed
-/// at start-up (0.84 s after 10 M events; 0.53 s at 16 MiB), but 16 MiB tables flushed so
-/// often that the p99 of stored delivery at 10 k msg/s rose from about 1.2 ms to 2-6 ms.
-const MEMTABLE_BYTES: u64 = 32 * 1024 * 1024;
-
 /// Events examined by one scan before it returns, matching or not, so that a selective
 /// filter over a long log still answers in bounded time.
 const SCAN_BUDGET: usize = 65_536;
@@ -83,11 +93,14 @@ pub struct Store {
     durable: AtomicU64,
     /// The last sequence fjall holds durably: what the last checkpoint covered.
     checkpointed: AtomicU64,
+    checkpointer: Mutex<Option<Checkpointer>>,
 }
 
 impl Store {
-    /// Opens (or creates) the log in `dir`, replays into fjall what only the write-ahead log
-    /// holds, checks the result against the high-water mark, and checkpoints it.
+    /// Opens (or creates) the log in `config.data`, replays into fjall what only the
+    /// write-ahead log holds, checks the result against the high-water mark, checkpoints it,
+    /// and starts the checkpoint thread. If a later checkpoint fails, the thread calls
+    /// `on_failure` and stops: nothing more may be acknowledged.
     ///
     /// A directory whose first initialisation never completed (no high-water mark yet) is
     /// treated as empty, so a crash during the very first start cannot leave it unopenable.
@@ -95,7 +108,28 @@ impl Store {
     /// # Errors
     /// Engine and I/O failures; [`StoreError::LostAcknowledged`] if the log ends before the
     /// high-water mark; [`StoreError::Corrupt`] if the last event is corrupt.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    pub fn open(
+        config: &StoreConfig,
+        on_failure: impl Fn(&StoreError) + Send + Sync + 'static,
+    ) -> Result<Arc<Store>, StoreError> {
+        let store = Arc::new(Store::recover(config)?);
+        let checkpointer = Checkpointer::start(Arc::downgrade(&store), config, Box::new(on_failure))?;
+        *store.checkpointer.lock().unwrap_or_else(PoisonError::into_inner) = Some(checkpointer);
+        Ok(store)
+    }
+
+    /// Stops the checkpoint thread after a last checkpoint, so the next start has nothing
+    /// to replay. Call it once the writer has stopped.
+    pub fn close(&self) {
+        let checkpointer = self.checkpointer.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(mut checkpointer) = checkpointer {
+            checkpointer.stop();
+        }
+    }
+
+    /// [`Store::open`] up to the checkpoint thread.
+    fn recover(config: &StoreConfig) -> Result<Store, StoreError> {
+        let dir = &config.data;
         std::fs::create_dir_all(dir)?;
         let log_dir = dir.join("log");
         let wal_dir = dir.join("wal");
@@ -111,8 +145,8 @@ impl Store {
             // Appends start only once the mark exists, so this holds no record.
             std::fs::remove_dir_all(&wal_dir)?;
         }
-        let db = Database::builder(&log_dir).cache_size(CACHE_BYTES).open()?;
-        let options = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
+        let db = Database::builder(&log_dir).cache_size(config.cache_bytes).open()?;
+        let options = || KeyspaceCreateOptions::default().max_memtable_size(config.memtable_bytes);
         // Runs go to blob files and the tree keeps only keys and pointers, so compaction
         // never rewrites event bytes: on a 2.3 M-event load this halved the bytes written
         // and cut the fsync stalls that background writes cause.
@@ -136,6 +170,7 @@ impl Store {
             committed: AtomicU64::new(0),
             durable: AtomicU64::new(0),
             checkpointed: AtomicU64::new(0),
+            checkpointer: Mutex::new(None),
         };
         let recovered = store.lock_wal().recover(store.last_seq()?)?;
         for record in recovered {
@@ -308,10 +343,7 @@ impl Store {
     /// Advances the high-water mark to what the write-ahead log holds durably. Cheaper than
     /// a checkpoint (one small fsync), so it can run often and keep the mark close behind
     /// the acknowledgements.
-    ///
-    /// # Errors
-    /// Fatal, as for [`Store::append`].
-    pub fn mark_durable(&self) -> Result<(), StoreError> {
+    fn mark_durable(&self) -> Result<(), StoreError> {
         let durable = self.durable.load(Ordering::Acquire);
         self.lock_mark().advance(durable)
     }
@@ -319,10 +351,7 @@ impl Store {
     /// Makes fjall itself durable up to the last append, advances the high-water mark to
     /// it, and lets the write-ahead log reuse the segments that only held events before it
     /// (preparing a new one if none is left to reuse).
-    ///
-    /// # Errors
-    /// Fatal, as for [`Store::append`].
-    pub fn checkpoint(&self) -> Result<(), StoreError> {
+    fn checkpoint(&self) -> Result<(), StoreError> {
         let committed = self.committed.load(Ordering::Acquire);
         // Not the mark: it follows the write-ahead log, which may be ahead of fjall.
         if committed <= self.checkpointed.load(Ordering::Acquire) {

@@ -5,12 +5,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use fjall::{Database, KeyspaceCreateOptions, Slice};
 use tempfile::TempDir;
 
 use super::{DedupEntry, Event, SCAN_BUDGET, Store, StoreError};
+use crate::config::StoreConfig;
 use crate::subject::{Filter, Subject, matches};
 
 // ---- Fixtures and oracles ----
@@ -60,7 +63,7 @@ fn make_events(n: u64) -> Vec<Event> {
 
 /// Field order matters: the store drops (and closes fjall) before its directory goes.
 struct Fixture {
-    store: Store,
+    store: Arc<Store>,
     events: Vec<Event>,
     dir: TempDir,
 }
@@ -69,7 +72,7 @@ struct Fixture {
 /// runs end inside batches and at their ends), fsyncing after every other batch.
 fn filled(n: u64) -> Fixture {
     let dir = TempDir::new().expect("temp dir");
-    let store = Store::open(dir.path()).expect("opens");
+    let store = open(dir.path()).expect("opens");
     let events = make_events(n);
     let mut rest = &events[..];
     for (i, size) in [7, 20, 1].into_iter().cycle().enumerate() {
@@ -90,8 +93,15 @@ fn filter(text: &str) -> Filter {
     Filter::new(Bytes::copy_from_slice(text.as_bytes())).expect("valid filter")
 }
 
+/// The store in `dir`, its checkpoint thread idle for longer than any test, so that each
+/// test decides when the mark moves and when checkpoints happen.
+fn open(dir: &Path) -> Result<Arc<Store>, StoreError> {
+    let idle = Duration::from_secs(3600);
+    Store::open(&StoreConfig { mark_every: idle, checkpoint_every: idle, ..StoreConfig::new(dir) }, |_| {})
+}
+
 fn open_err(dir: &Path) -> StoreError {
-    match Store::open(dir) {
+    match open(dir) {
         Ok(_) => panic!("open of {} should fail", dir.display()),
         Err(error) => error,
     }
@@ -135,7 +145,7 @@ fn mark_record(seq: u64) -> Vec<u8> {
 #[test]
 fn empty_store_has_nothing() {
     let dir = TempDir::new().expect("temp dir");
-    let store = Store::open(dir.path()).expect("opens");
+    let store = open(dir.path()).expect("opens");
     assert_eq!(store.last_seq().expect("last"), 0);
     assert_eq!(store.high_water_mark(), 0);
     assert_eq!(store.get(1).expect("get"), None);
@@ -234,7 +244,7 @@ fn byte_neighbour_subjects_do_not_share_index_ranges() {
 #[test]
 fn scans_past_the_budget_continue_where_they_stopped() {
     let dir = TempDir::new().expect("temp dir");
-    let store = Store::open(dir.path()).expect("opens");
+    let store = open(dir.path()).expect("opens");
     let head = SCAN_BUDGET as u64 + 500;
     let events: Vec<Event> = (1..=head)
         .map(|seq| Event {
@@ -335,7 +345,7 @@ fn dedup(timestamp: u64, msg_id: &'static str, seq: u64) -> DedupEntry {
 #[test]
 fn dedup_window_lists_expires_and_removes() {
     let dir = TempDir::new().expect("temp dir");
-    let store = Store::open(dir.path()).expect("opens");
+    let store = open(dir.path()).expect("opens");
     let events = make_events(5);
     let entries = [dedup(100, "m1", 1), dedup(200, "m2", 2), dedup(200, "m0", 3), dedup(300, "m3", 4)];
     store.append(&events[..4], &entries, &[]).expect("appends");
@@ -365,7 +375,7 @@ fn reopen_keeps_events_indexes_and_dedup_and_appends_continue() {
     store.append(&[], &[dedup(500, "kept", 9)], &[]).expect("dedup only");
     drop(store);
 
-    let store = Store::open(dir.path()).expect("reopens");
+    let store = open(dir.path()).expect("reopens");
     assert_eq!(store.last_seq().expect("last"), EVENTS);
     for event in &events {
         assert_eq!(store.get(event.seq).expect("get").as_ref(), Some(event));
@@ -379,7 +389,7 @@ fn reopen_keeps_events_indexes_and_dedup_and_appends_continue() {
     events.extend(more);
     drop(store);
 
-    let store = Store::open(dir.path()).expect("reopens again");
+    let store = open(dir.path()).expect("reopens again");
     let head = EVENTS + 6;
     assert_eq!(store.last_seq().expect("last"), head);
     for text in ["orders.42.created", "orders.>", "orders.*.created", "*.x", ">"] {
@@ -400,7 +410,7 @@ fn high_water_mark_follows_checkpoints_and_reopens() {
     let Fixture { store, dir, .. } = f;
     drop(store);
 
-    let store = Store::open(dir.path()).expect("reopens");
+    let store = open(dir.path()).expect("reopens");
     assert_eq!(store.high_water_mark(), 10);
     store.append(&make_events(12)[10..], &[], &[]).expect("appends");
     store.mark_durable().expect("marks");
@@ -411,7 +421,7 @@ fn high_water_mark_follows_checkpoints_and_reopens() {
     store.append(&make_events(16)[12..], &[], &[]).expect("appends");
     drop(store);
     // Start-up checkpoints whatever it found past the mark.
-    assert_eq!(Store::open(dir.path()).expect("reopens").high_water_mark(), 16);
+    assert_eq!(open(dir.path()).expect("reopens").high_water_mark(), 16);
 }
 
 #[test]
@@ -428,7 +438,7 @@ fn reopen_refuses_a_log_shorter_than_the_acknowledged_mark() {
 
     // The refusal destroyed nothing: with the true mark back, the log opens whole.
     std::fs::write(&mark, mark_record(10)).expect("writes mark");
-    let store = Store::open(dir.path()).expect("reopens");
+    let store = open(dir.path()).expect("reopens");
     assert_eq!((store.last_seq().expect("last"), store.high_water_mark()), (10, 10));
 }
 
@@ -455,7 +465,7 @@ fn reopen_refuses_a_torn_or_corrupt_mark() {
     }
 
     std::fs::write(&mark, &good).expect("writes mark");
-    let store = Store::open(dir.path()).expect("reopens");
+    let store = open(dir.path()).expect("reopens");
     assert_eq!((store.last_seq().expect("last"), store.high_water_mark()), (10, 10));
 }
 
@@ -467,11 +477,11 @@ fn half_initialised_directory_opens_as_a_fresh_log() {
     std::fs::write(log.join("journal"), b"\xde\xad\xbe\xef not a journal").expect("writes junk");
     std::fs::write(log.join("keyspaces").join("0"), b"junk").expect("writes junk");
 
-    let store = Store::open(dir.path()).expect("opens a half-initialised dir");
+    let store = open(dir.path()).expect("opens a half-initialised dir");
     assert_eq!((store.last_seq().expect("last"), store.high_water_mark()), (0, 0));
     store.append(&make_events(3), &[], &[]).expect("appends");
     drop(store);
-    assert_eq!(Store::open(dir.path()).expect("reopens").last_seq().expect("last"), 3);
+    assert_eq!(open(dir.path()).expect("reopens").last_seq().expect("last"), 3);
 }
 
 /// Removes from fjall every event after `after` with its index entries, as a crash that lost
@@ -514,7 +524,7 @@ fn events_only_the_write_ahead_log_holds_are_replayed_at_open() {
     assert!(wal_segments(dir.path()).len() > 2, "the test spans several segments");
     lose_fjall_tail(dir.path(), 0);
 
-    let store = Store::open(dir.path()).expect("reopens");
+    let store = open(dir.path()).expect("reopens");
     assert_eq!((store.last_seq().expect("last"), store.high_water_mark()), (300, 300));
     for text in FILTERS.split_whitespace() {
         assert_eq!(read_paged(&store, text, 1, 300, 50), naive(&events, text, 1, 300), "{text}");
@@ -526,7 +536,7 @@ fn events_only_the_write_ahead_log_holds_are_replayed_at_open() {
 #[test]
 fn checkpointed_segments_are_reused_and_the_tail_after_them_replays() {
     let dir = TempDir::new().expect("temp dir");
-    let store = Store::open(dir.path()).expect("opens");
+    let store = open(dir.path()).expect("opens");
     let events = make_events(650);
     for (i, batch) in events[..600].chunks(10).enumerate() {
         store.append(batch, &[], &[]).expect("appends");
@@ -547,7 +557,7 @@ fn checkpointed_segments_are_reused_and_the_tail_after_them_replays() {
     drop(store);
     lose_fjall_tail(dir.path(), 600);
 
-    let store = Store::open(dir.path()).expect("reopens");
+    let store = open(dir.path()).expect("reopens");
     assert_eq!(store.last_seq().expect("last"), 650);
     assert_eq!(read_paged(&store, ">", 1, 650, 100), events);
 }
@@ -570,7 +580,7 @@ fn recovery_stops_at_a_damaged_record_and_never_resumes_past_it() {
     // fsync that covers 28 too).
     lose_fjall_tail(dir.path(), 27);
     damage_wal(dir.path(), b"payload 28");
-    let store = Store::open(dir.path()).expect("opens");
+    let store = open(dir.path()).expect("opens");
     assert_eq!(store.last_seq().expect("last"), 27);
     assert_eq!(read_paged(&store, ">", 1, 48, 100), events[..27]);
 
@@ -584,7 +594,7 @@ fn recovery_stops_at_a_damaged_record_and_never_resumes_past_it() {
 
     // After the same crash again, the new 28 comes back and none of the old 29..=48.
     lose_fjall_tail(dir.path(), 27);
-    let store = Store::open(dir.path()).expect("reopens");
+    let store = open(dir.path()).expect("reopens");
     assert_eq!(store.last_seq().expect("last"), 28);
     assert_eq!(store.get(28).expect("get"), Some(replacement));
 }
@@ -622,7 +632,7 @@ fn corrupt_or_misplaced_events_are_never_served() {
         ks.insert(1u64.to_be_bytes(), run.concat()).expect("writes");
     });
 
-    let store = Store::open(dir.path()).expect("only the last event is checked at open");
+    let store = open(dir.path()).expect("only the last event is checked at open");
     assert!(matches!(store.get(5), Err(StoreError::Corrupt { seq: 5 })));
     assert_eq!(store.get(6).expect("get").as_ref(), Some(&events[5]));
     assert!(matches!(store.read(&filter(">"), 1, 10, 100), Err(StoreError::Corrupt { seq: 5 })));
@@ -666,6 +676,6 @@ fn missing_mark_file_with_a_populated_log_is_refused_not_erased() {
     drop(store);
     std::fs::remove_file(dir.path().join("high-water-mark")).expect("removes mark");
 
-    assert!(matches!(Store::open(dir.path()), Err(StoreError::MissingHighWaterMark { .. })));
+    assert!(matches!(open(dir.path()), Err(StoreError::MissingHighWaterMark { .. })));
     assert!(dir.path().join("log").exists(), "the log is still there");
 }

@@ -1,0 +1,46 @@
+//! Direct writes: a connection's writer is woken by writing to its socket at once, from
+//! the thread that queued the bytes, when its writer task is idle.
+//!
+//! The write path's threads (the timeline writer, the finisher) answer and deliver from
+//! outside the runtime. Handing each batch to the connection's writer task costs a wake-up
+//! of a runtime worker, tens of microseconds on a virtual machine whose idle CPUs halt; a
+//! non-blocking write of what fits in the socket buffer costs less. Whatever the socket
+//! does not take, and anything queued while the writer task is busy, goes to the task as
+//! usual. Only for plain TCP: a TLS stream cannot be written from two places.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::{Mutex, PoisonError};
+
+use crate::broker::{Outbound, Wake};
+
+/// A duplicate of a connection's socket, for [`Outbound::write_now`]: non-blocking (it
+/// shares the original's file status), and dropped when the connection closes.
+pub(super) struct DirectWrite {
+    socket: Mutex<Option<TcpStream>>,
+}
+
+impl DirectWrite {
+    /// A duplicate of `socket`, or `None` if there is none to have (out of descriptors):
+    /// the writer task then sends everything.
+    pub(super) fn of(socket: &TcpStream) -> Option<DirectWrite> {
+        let duplicate = socket.try_clone().inspect_err(|error| tracing::debug!(%error, "no direct writes")).ok()?;
+        Some(DirectWrite { socket: Mutex::new(Some(duplicate)) })
+    }
+
+    /// Drops the duplicate, so the socket closes with the connection rather than with the
+    /// last holder of its queue.
+    pub(super) fn close(&self) {
+        self.socket.lock().unwrap_or_else(PoisonError::into_inner).take();
+    }
+}
+
+impl Wake for DirectWrite {
+    fn wake(&self, outbound: &Outbound) {
+        let socket = self.socket.lock().unwrap_or_else(PoisonError::into_inner);
+        let written = socket.as_ref().is_some_and(|mut socket| outbound.write_now(|bytes| socket.write(bytes)));
+        if !written {
+            outbound.notify();
+        }
+    }
+}
