@@ -14,31 +14,34 @@ use tracing::warn;
 
 use super::append::{Admitted, Append, Committed, Completion};
 use super::outbound::Wakes;
+use super::recent::Recent;
 use super::router::Router;
 
 /// What delivering needs; cheap to clone, so the writer keeps one to answer failures.
 #[derive(Clone)]
 pub(super) struct Delivery {
     pub router: Arc<Router>,
+    /// Where readers find the batch (see [`Recent`]), before the head moves past it.
+    pub recent: Arc<Recent>,
     pub head: Arc<watch::Sender<u64>>,
 }
 
 impl Delivery {
-    /// Publishes the batch's head, fans it out in sequence order, answers, and runs the
-    /// calls queued with it. A connection's deliveries and answers of the batch are all
-    /// queued before its writer is woken, once, so they leave in one write.
+    /// Makes the batch visible to readers (the recent batches, then the head), fans it out
+    /// live in sequence order, answers, and runs the calls queued with it. A connection's
+    /// deliveries and answers of the batch are all queued before its writer is woken, once,
+    /// so they leave in one write.
     pub(super) fn finish(&self, committed: Committed) {
+        self.recent.push(&committed.events);
         self.head.send_replace(committed.head);
         let mut wakes = Wakes::default();
         for completion in committed.completions {
             match completion {
                 Completion::Append(Admitted { append, outcome, event }) => {
-                    let event = event.and_then(|index| committed.events.get(index));
                     let delivered = match event {
-                        Some(event) => {
+                        Some(_) => {
                             let publisher = &append.reply.publisher;
                             let routed = self.router.route(&append.message, publisher.skips(), &mut wakes);
-                            self.router.offer(event, &mut wakes);
                             if let Some(subscriber) = routed.lagging {
                                 publisher.paced_by(subscriber);
                             }

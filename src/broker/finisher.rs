@@ -165,6 +165,7 @@ mod tests {
 
     use super::*;
     use crate::broker::append::Completion;
+    use crate::broker::recent::Recent;
     use crate::broker::router::Router;
     use crate::config::StoreConfig;
 
@@ -174,7 +175,8 @@ mod tests {
     fn busy_until_every_batch_handed_over_is_delivered() {
         let dir = tempfile::TempDir::new().expect("temp dir");
         let store = Store::open(&StoreConfig::new(dir.path()), |_| {}).expect("opens");
-        let delivery = Delivery { router: Arc::new(Router::new()), head: Arc::new(watch::channel(0).0) };
+        let recent = Arc::new(Recent::new(1 << 20));
+        let delivery = Delivery { router: Arc::new(Router::new()), recent, head: Arc::new(watch::channel(0).0) };
         let failed = Arc::new(AtomicBool::new(false));
         let mut finisher = Finisher::start(0, store, delivery, failed, CancellationToken::new()).expect("starts");
         assert!(finisher.is_idle(), "nothing handed over yet");

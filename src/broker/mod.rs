@@ -9,10 +9,12 @@
 
 mod append;
 mod catchup;
+mod cursor;
 mod delivery;
 mod error;
 mod finisher;
 mod outbound;
+mod recent;
 mod reply;
 mod router;
 mod session;
@@ -29,11 +31,13 @@ use tokio_util::sync::CancellationToken;
 use crate::config::StoreConfig;
 use crate::protocol::{DEFAULT_MAX_PAYLOAD, Extensions, Info};
 use crate::store::{Store, StoreError};
-use crate::subject::{Filter, matches};
+use crate::subject::Filter;
 
 pub use crate::config::FsyncPolicy;
+use cursor::Log;
 pub use error::BrokerError;
 pub use outbound::{CloseReason, Outbound, Pending, Pushed, SHARE_PAYLOADS_FROM, Wake};
+use recent::Recent;
 use router::Router;
 pub use router::Subscription;
 pub use session::Session;
@@ -54,6 +58,10 @@ pub const MAX_STALL: Duration = Duration::from_millis(100);
 
 /// The extensions this server speaks, announced in `INFO` (see protocol.md, "Extensions").
 pub const EXTENSIONS: [&str; 4] = ["apub", "catch-up", "fetch", "api"];
+
+/// Default bytes of recent batches kept for live readers: a few batches at full load, so a
+/// reader keeping up never reads fjall.
+pub const DEFAULT_RECENT_BYTES: usize = 8 * 1024 * 1024;
 
 /// Default window within which a repeated `Nats-Msg-Id` is a duplicate (JetStream's).
 pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(120);
@@ -77,6 +85,8 @@ pub struct BrokerConfig {
     /// Whether the write path may write to an idle connection's socket itself (see the
     /// server's direct writes) instead of waking its writer task.
     pub direct_writes: bool,
+    /// Encoded bytes of recently committed batches kept for readers that follow the head.
+    pub recent_bytes: usize,
 }
 
 impl Default for BrokerConfig {
@@ -92,21 +102,8 @@ impl Default for BrokerConfig {
             ping_interval: DEFAULT_PING_INTERVAL,
             write_deadline: DEFAULT_WRITE_DEADLINE,
             direct_writes: true,
+            recent_bytes: DEFAULT_RECENT_BYTES,
         }
-    }
-}
-
-/// [`matches`], with the common `literal.prefix.>` filter checked by one comparison: this
-/// runs for every published message.
-fn matches_fast(filter: &[u8], subject: &[u8]) -> bool {
-    match filter.strip_suffix(b">") {
-        Some(prefix)
-            if (prefix.is_empty() || prefix.ends_with(b"."))
-                && !prefix.split(|&b| b == b'.').any(|t| t == b"*" || t == b">") =>
-        {
-            subject.len() > prefix.len() && subject.starts_with(prefix)
-        }
-        _ => matches(filter, subject),
     }
 }
 
@@ -115,7 +112,8 @@ pub struct Broker {
     config: BrokerConfig,
     server_id: String,
     router: Arc<Router>,
-    store: Arc<Store>,
+    /// The read side of the log, for readers.
+    log: Log,
     timeline: Timeline,
     next_client_id: AtomicU64,
 }
@@ -143,13 +141,22 @@ impl Broker {
             dedup_window: config.dedup_window,
             max_batch_bytes: timeline::MAX_BATCH_BYTES.min(config.max_pending / 4),
         };
-        let timeline = Timeline::start(Arc::clone(&store), Arc::clone(&router), &timeline_config, failed, fatal)?;
+        let recent = Arc::new(Recent::new(config.recent_bytes));
+        let timeline = Timeline::start(
+            Arc::clone(&store),
+            Arc::clone(&router),
+            Arc::clone(&recent),
+            &timeline_config,
+            failed,
+            fatal,
+        )?;
+        let log = Log { store, recent, head: timeline.head() };
         let server_id: String = rand::rng()
             .sample_iter(rand::distr::Alphanumeric)
             .take(22)
             .map(|b| char::from(b).to_ascii_uppercase())
             .collect();
-        Ok(Broker { config, server_id, router, store, timeline, next_client_id: AtomicU64::new(1) })
+        Ok(Broker { config, server_id, router, log, timeline, next_client_id: AtomicU64::new(1) })
     }
 
     pub fn config(&self) -> &BrokerConfig {
@@ -163,13 +170,13 @@ impl Broker {
 
     /// The last sequence stored and delivered live.
     pub fn head(&self) -> u64 {
-        self.timeline.head()
+        self.log.head()
     }
 
     /// Whether messages on `subject` skip the log: `$`-prefixed system subjects and the
     /// configured volatile filters (request/reply inboxes by default).
     pub fn is_volatile(&self, subject: &[u8]) -> bool {
-        subject.first() == Some(&b'$') || self.config.volatile.iter().any(|f| matches_fast(f.as_bytes(), subject))
+        subject.first() == Some(&b'$') || self.config.volatile.iter().any(|f| f.matches(subject))
     }
 
     /// The `INFO` a new client receives.

@@ -6,18 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use rand::Rng;
 
-use super::catchup::CatchUp;
 use super::outbound::{Outbound, Pushed, Wakes};
 use crate::protocol::Pub;
-use crate::store::Event;
 use crate::subject::{Filter, Matches, Sublist};
 
 /// The subscription table. Fan-out only pushes onto subscribers' outbound queues, so it
 /// can run on any task or thread (connection readers, the write path's threads).
 pub struct Router {
     pub(super) subscriptions: Sublist<Arc<Subscription>>,
-    /// Catch-up subscriptions, offered each stored event after it is committed.
-    catchups: Sublist<Arc<CatchUp>>,
     next_subscription_id: AtomicU64,
 }
 
@@ -77,30 +73,7 @@ impl Routed {
 
 impl Router {
     pub(super) fn new() -> Self {
-        Router { subscriptions: Sublist::new(), catchups: Sublist::new(), next_subscription_id: AtomicU64::new(1) }
-    }
-
-    /// A fresh identity for a subscription of either kind.
-    pub(super) fn next_id(&self) -> u64 {
-        self.next_subscription_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Starts offering stored events to a catch-up subscription.
-    pub(super) fn add_catchup(&self, catchup: &Arc<CatchUp>) {
-        self.catchups.insert(&catchup.filter, None, Arc::clone(catchup));
-    }
-
-    pub(super) fn remove_catchup(&self, catchup: &Arc<CatchUp>) {
-        catchup.close();
-        self.catchups.remove(&catchup.filter, None, catchup);
-    }
-
-    /// Offers a committed event to the catch-up subscriptions whose filter matches.
-    pub(super) fn offer(&self, event: &Event, wakes: &mut Wakes) {
-        let matches = self.catchups.matches(&event.subject);
-        for catchup in &matches.plain {
-            catchup.offer(event, wakes);
-        }
+        Router { subscriptions: Sublist::new(), next_subscription_id: AtomicU64::new(1) }
     }
 
     /// A new subscription for a client; it receives messages once [`Router::activate`]d.
@@ -114,7 +87,7 @@ impl Router {
         outbound: Arc<Outbound>,
     ) -> Arc<Subscription> {
         Arc::new(Subscription {
-            id: self.next_id(),
+            id: self.next_subscription_id.fetch_add(1, Ordering::Relaxed),
             client_id,
             sid,
             filter,

@@ -27,6 +27,7 @@ use tracing::error;
 use super::append::{Admitted, Append, Committed, Completion, Outcome, Request, Stored};
 use super::delivery::Delivery;
 use super::finisher::{Finisher, Handoff};
+use super::recent::Recent;
 use super::router::Router;
 use crate::config::FsyncPolicy;
 use crate::protocol::Refusal;
@@ -82,6 +83,7 @@ impl Timeline {
     pub(crate) fn start(
         store: Arc<Store>,
         router: Arc<Router>,
+        recent: Arc<Recent>,
         config: &TimelineConfig,
         failed: Arc<AtomicBool>,
         fatal: CancellationToken,
@@ -93,7 +95,7 @@ impl Timeline {
         };
         let (requests, receiver) = mpsc::channel(QUEUE_DEPTH);
         let (head_sender, head_receiver) = watch::channel(head);
-        let delivery = Delivery { router, head: Arc::new(head_sender) };
+        let delivery = Delivery { router, recent, head: Arc::new(head_sender) };
         let finishing = match config.fsync {
             FsyncPolicy::Always => Finishing::Finisher(Finisher::start(
                 head,
@@ -168,9 +170,9 @@ impl Timeline {
         self.requests.send(request).await.map_err(|rejected| rejected.0)
     }
 
-    /// The last sequence stored and fanned out live.
-    pub fn head(&self) -> u64 {
-        *self.head.borrow()
+    /// The head as readers see it: the last sequence stored and fanned out live.
+    pub(crate) fn head(&self) -> watch::Receiver<u64> {
+        self.head.clone()
     }
 }
 
@@ -586,6 +588,6 @@ mod tests {
         release.send(()).expect("the writer waits");
         assert!(one_more.await.is_ok(), "sent once the writer takes the queue");
         timeline.stop().await;
-        assert_eq!(timeline.head(), (QUEUED_APPENDS + MAX_REQUEST_APPENDS) as u64, "every append stored");
+        assert_eq!(broker.head(), (QUEUED_APPENDS + MAX_REQUEST_APPENDS) as u64, "every append stored");
     }
 }

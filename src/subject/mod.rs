@@ -95,14 +95,28 @@ impl Filter {
         self.0
     }
 
-    /// True when the filter has no wildcard token, so it matches only itself.
     /// `>`: every subject.
     pub fn everything() -> Self {
         Self(Bytes::from_static(b">"))
     }
 
+    /// True when the filter has no wildcard token, so it matches only itself.
     pub fn is_literal(&self) -> bool {
         self.0.split(|&b| b == b'.').all(|t| !is_wildcard(t))
+    }
+
+    /// Whether `subject` (a valid subject) matches: [`matches`], with the common
+    /// `literal.prefix.>` filter checked by one comparison, since this runs per message.
+    pub fn matches(&self, subject: &[u8]) -> bool {
+        match self.0.strip_suffix(b">") {
+            Some(prefix)
+                if (prefix.is_empty() || prefix.ends_with(b"."))
+                    && !prefix.split(|&b| b == b'.').any(|t| t == b"*" || t == b">") =>
+            {
+                subject.len() > prefix.len() && subject.starts_with(prefix)
+            }
+            _ => matches(&self.0, subject),
+        }
     }
 }
 

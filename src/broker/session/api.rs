@@ -7,7 +7,9 @@ use bytes::Bytes;
 
 use super::Session;
 use crate::broker::BrokerError;
-use crate::broker::catchup::{self, CatchUp, Sink};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::catchup::{self, Sink};
 use crate::broker::outbound::Wakes;
 use crate::protocol::{ApiRequest, CatchUp as CatchUpRequest, Query, Refusal, Start, Subscribe, api};
 use crate::subject::Filter;
@@ -49,36 +51,26 @@ impl Session {
         }
     }
 
-    /// Starts a catch-up subscription delivering to `sink`. It is registered for fan-out
-    /// before the head is read, so nothing appended in between can be missed.
+    /// Starts a catch-up subscription delivering to `sink`, its caught-up marker on `marker`.
     async fn catch_up(&mut self, request: CatchUpRequest, sink: Sink, marker: Bytes) -> Result<(), Refusal> {
         if self.catchups.contains_key(&sink.sid) {
             return Err(Refusal::SidInUse(lossy(&sink.sid)));
         }
+        // Its replay must see this client's own earlier publishes.
         self.settle().await;
-        let sid = sink.sid.clone();
         let CatchUpRequest { filter, start } = request;
-        let catchup = Arc::new(CatchUp::new(self.broker.router.next_id(), filter, sink, marker, 0));
-        self.broker.router.add_catchup(&catchup);
-        let head = self.broker.head();
-        match catchup::initial_delivered(&self.broker.store, start, head).await {
-            Ok(delivered) => catchup.start_after(delivered),
-            Err(reason) => {
-                self.broker.router.remove_catchup(&catchup);
-                return Err(reason);
-            }
-        }
-        self.catchups.insert(sid, Arc::clone(&catchup));
-        let timeline = self.broker.timeline.clone();
-        let store = Arc::clone(&self.broker.store);
-        tokio::spawn(catchup.run(store, move || timeline.head(), start == Start::LastPerSubject));
+        let log = &self.broker.log;
+        let after = catchup::start_position(log, start, log.head()).await?;
+        let cursor = log.cursor(Arc::new([filter.clone()]), after);
+        let stop = CancellationToken::new();
+        self.catchups.insert(sink.sid.clone(), stop.clone().drop_guard());
+        tokio::spawn(catchup::catch_up(cursor, filter, start == Start::LastPerSubject, sink, marker, stop));
         Ok(())
     }
 
     /// Starts a one-shot query delivering to `sink`, ended by a status on `end`.
     fn fetch(&self, end: Bytes, query: Query, sink: Sink) {
-        let store = Arc::clone(&self.broker.store);
-        tokio::spawn(catchup::fetch(store, self.broker.head(), query, sink, end));
+        tokio::spawn(catchup::fetch(self.broker.log.clone(), query, sink, end));
     }
 
     /// A `$EL.` request from a NATS client library. Answers go to `reply`: JSON for
@@ -106,8 +98,7 @@ impl Session {
                 .and_then(|query| self.sink_for(&reply).map(|sink| self.fetch(reply.clone(), query, sink)))
                 .map(|()| None),
             ApiRequest::Last(last_of) => self.sink_for(&reply).map(|sink| {
-                let (store, head) = (Arc::clone(&self.broker.store), self.broker.head());
-                tokio::spawn(catchup::last(store, head, last_of, sink, reply.clone()));
+                tokio::spawn(catchup::last(self.broker.log.clone(), last_of, sink, reply.clone()));
                 None
             }),
         };

@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tokio_util::sync::DropGuard;
 
 use super::append::{Append, Request};
-use super::catchup::CatchUp;
 use super::outbound::{Outbound, Wakes};
 use super::reply::Replies;
 use super::{Broker, BrokerError, Subscription};
@@ -30,8 +30,9 @@ pub struct Session {
     /// Where this client's answers go, shared with its appends in the write path.
     replies: Arc<Replies>,
     subscriptions: HashMap<Bytes, Arc<Subscription>>,
-    /// Catch-up subscriptions by sid (a `$EL.SUB` one shares its deliver subscription's sid).
-    catchups: HashMap<Bytes, Arc<CatchUp>>,
+    /// Catch-up subscriptions by sid (a `$EL.SUB` one shares its deliver subscription's
+    /// sid); dropping the guard ends the subscription.
+    catchups: HashMap<Bytes, DropGuard>,
     /// Size of `subscriptions` at which entries ended by `UNSUB <sid> <max>` are swept out
     /// (they end on other tasks' fan-out paths, which can't touch this map).
     sweep_at: usize,
@@ -167,9 +168,7 @@ impl Session {
     /// `UNSUB <sid> [max]`; an unknown sid is ignored, as nats-server does. It also ends a
     /// catch-up subscription on that sid.
     async fn unsubscribe(&mut self, sid: &Bytes, max: Option<u64>) {
-        if let Some(catchup) = self.catchups.remove(sid) {
-            self.broker.router.remove_catchup(&catchup);
-        }
+        self.catchups.remove(sid);
         let Some(subscription) = self.subscriptions.get(sid).cloned() else { return };
         if max.is_none_or(|max| max == 0) {
             self.subscriptions.remove(sid);
@@ -209,11 +208,9 @@ impl Session {
 }
 
 impl Drop for Session {
-    /// A closed connection's subscriptions leave the routing table with it.
+    /// A closed connection's subscriptions leave the routing table with it (its catch-ups
+    /// end with their guards).
     fn drop(&mut self) {
-        for catchup in self.catchups.values() {
-            self.broker.router.remove_catchup(catchup);
-        }
         for subscription in self.subscriptions.values() {
             self.broker.router.unsubscribe(subscription);
         }

@@ -413,3 +413,11 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The fast path of `Filter::matches` answers as the token-by-token matcher does.
+    #[test]
+    fn filter_matches_agrees_with_the_naive_matcher(f in filter_strategy(), s in subject_strategy()) {
+        prop_assert_eq!(filter(&f).matches(s.as_bytes()), crate::subject::matches(f.as_bytes(), s.as_bytes()));
+    }
+}
