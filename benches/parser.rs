@@ -10,8 +10,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use criterion::measurement::WallTime;
 use criterion::{BatchSize, BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use eventline::config::DEFAULT_MAX_PAYLOAD;
 use eventline::protocol::codec::ClientCodec;
-use eventline::protocol::{DEFAULT_MAX_PAYLOAD, encode};
+use eventline::protocol::encode;
 use tokio_util::codec::Decoder;
 
 /// Ops per iteration.

@@ -11,11 +11,12 @@ mod client;
 
 use clap::{Parser, Subcommand};
 use client::{ClientError, Conditions, Endpoint, Range, Subscription};
-use eventline::broker::{
-    Broker, BrokerConfig, DEFAULT_DEDUP_WINDOW, DEFAULT_MAX_PENDING, DEFAULT_PING_INTERVAL, DEFAULT_VOLATILE,
-    DEFAULT_WRITE_DEADLINE, FsyncPolicy,
+use eventline::broker::Broker;
+use eventline::config::{
+    BrokerConfig, Config, DEFAULT_DATA, DEFAULT_DEDUP_WINDOW, DEFAULT_HOST, DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_PENDING,
+    DEFAULT_PING_INTERVAL, DEFAULT_PORT, DEFAULT_RECENT_BYTES, DEFAULT_VOLATILE, DEFAULT_WRITE_DEADLINE,
+    DEFAULT_WRITER_SPIN, FsyncPolicy, Limits, ListenerConfig, StoreConfig,
 };
-use eventline::protocol::DEFAULT_MAX_PAYLOAD;
 use eventline::subject::Filter;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -130,13 +131,13 @@ struct FetchArgs {
 #[derive(clap::Args)]
 struct ServeArgs {
     /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, default_value = DEFAULT_HOST)]
     host: String,
     /// Port to listen on; 0 picks a free one (the bound address is printed on stdout).
-    #[arg(long, default_value_t = 4222)]
+    #[arg(long, default_value_t = DEFAULT_PORT)]
     port: u16,
     /// Data directory (the event log lives here).
-    #[arg(long, default_value = "./data")]
+    #[arg(long, default_value = DEFAULT_DATA)]
     data: PathBuf,
     /// Largest message payload (headers + body) in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_PAYLOAD)]
@@ -161,6 +162,16 @@ struct ServeArgs {
     /// Seconds within which a repeated `Nats-Msg-Id` is a duplicate.
     #[arg(long, default_value_t = DEFAULT_DEDUP_WINDOW.as_secs_f64(), value_parser = seconds)]
     dedup_window: f64,
+    /// Bytes of recently stored events kept in memory for subscribers that follow the log.
+    #[arg(long, default_value_t = DEFAULT_RECENT_BYTES)]
+    recent_bytes: usize,
+    /// Tuning: microseconds the log writer looks for more work before it sleeps (0: none).
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = DEFAULT_WRITER_SPIN.as_micros() as u64)]
+    writer_spin: u64,
+    /// Tuning: let the log's threads write to an idle client socket themselves instead of
+    /// waking its writer.
+    #[arg(long, value_name = "true|false", default_value_t = true, action = clap::ArgAction::Set)]
+    direct_writes: bool,
     /// Log filter: error, warn, info, debug, trace (or a tracing directive).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -193,32 +204,22 @@ fn main() -> ExitCode {
 
 async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().with_env_filter(EnvFilter::try_new(&args.log_level)?).with_writer(std::io::stderr).init();
-    if args.max_payload > args.max_pending {
+    let config = args.config();
+    let limits = &config.limits;
+    if limits.max_payload > limits.max_pending {
         // As nats-server: a message larger than the pending bound could never be delivered.
         return Err(format!(
             "--max-payload ({}) cannot be higher than --max-pending ({})",
-            args.max_payload, args.max_pending
+            limits.max_payload, limits.max_pending
         )
         .into());
     }
-    let listener = TcpListener::bind((args.host.as_str(), args.port)).await?;
+    let listener = TcpListener::bind((config.listener.host.as_str(), config.listener.port)).await?;
     let address: SocketAddr = listener.local_addr()?;
     let fatal = CancellationToken::new();
-    let broker = Arc::new(Broker::start(
-        BrokerConfig {
-            data: args.data.clone(),
-            fsync: args.fsync,
-            volatile: args.volatile,
-            dedup_window: Duration::from_secs_f64(args.dedup_window),
-            max_payload: args.max_payload,
-            max_pending: args.max_pending,
-            ping_interval: Duration::from_secs_f64(args.ping_interval),
-            write_deadline: Duration::from_secs_f64(args.write_deadline),
-            ..BrokerConfig::default()
-        },
-        fatal.clone(),
-    )?);
-    tracing::info!(%address, data = %args.data.display(), "eventline listening");
+    let data = config.store.data.clone();
+    let broker = Arc::new(Broker::start(config, fatal.clone())?);
+    tracing::info!(%address, data = %data.display(), "eventline listening");
     // One stdout line with the bound address, so scripts and tests can find a port-0 server.
     println!("listening on {address}");
     let stop = async {
@@ -233,6 +234,29 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+impl ServeArgs {
+    /// The configuration the flags describe.
+    fn config(self) -> Config {
+        Config {
+            listener: ListenerConfig { host: self.host, port: self.port, direct_writes: self.direct_writes },
+            limits: Limits {
+                max_payload: self.max_payload,
+                max_pending: self.max_pending,
+                ping_interval: Duration::from_secs_f64(self.ping_interval),
+                write_deadline: Duration::from_secs_f64(self.write_deadline),
+            },
+            store: StoreConfig { fsync: self.fsync, ..StoreConfig::new(self.data) },
+            broker: BrokerConfig {
+                volatile: self.volatile,
+                dedup_window: Duration::from_secs_f64(self.dedup_window),
+                recent_bytes: self.recent_bytes,
+                writer_spin: Duration::from_micros(self.writer_spin),
+                ..BrokerConfig::default()
+            },
+        }
+    }
 }
 
 /// A client command's outcome as an exit code: 0, 1 when the server refused, 2 otherwise.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Hmsg, Incoming, Raw, TIMEOUT, TestServer, ack_seq, nanos, subject_matches};
-use eventline::broker::BrokerConfig;
+use eventline::config::{Config, Limits};
 use tokio::sync::Barrier;
 
 // ---------------------------------------------------------------------------------------------
@@ -273,13 +273,14 @@ async fn a_slow_catch_up_reader_is_paced_from_the_store_not_cut() {
     const PRELOAD: usize = 1_000;
     const TOTAL: usize = 26_000;
     const BATCH: usize = 500;
-    let config = BrokerConfig {
+    let limits = Limits {
         max_pending: 256 * 1024,
         // The reader's socket is full for as long as publishing lasts; the deadline for a
         // stuck write is not what this test is about.
         write_deadline: Duration::from_secs(120),
-        ..BrokerConfig::default()
+        ..Limits::default()
     };
+    let config = Config { limits, ..Config::default() };
     let server = TestServer::with_config(config).await;
     let payload = |i: usize| format!("{i:08}{}", "x".repeat(192));
     let mut publisher = Raw::with_headers(server.addr).await;
@@ -321,7 +322,7 @@ async fn a_slow_catch_up_reader_is_paced_from_the_store_not_cut() {
 async fn catch_up_falling_back_and_catching_up_during_bursts_loses_nothing() {
     const BURST: usize = 1_000;
     const BURSTS: usize = 20;
-    let config = BrokerConfig { max_pending: 64 * 1024, ..BrokerConfig::default() };
+    let config = Config { limits: Limits { max_pending: 64 * 1024, ..Limits::default() }, ..Config::default() };
     let server = TestServer::with_config(config).await;
     let payload = |i: usize| format!("{i:08}{}", "y".repeat(120));
     let (progress, mut read_up_to) = tokio::sync::watch::channel(0u64);
@@ -418,7 +419,7 @@ async fn handovers_under_a_steady_stream_are_seamless() {
 #[tokio::test]
 async fn catch_up_replays_the_log_across_a_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let server = TestServer::start_in(dir.path(), BrokerConfig::default()).await;
+    let server = TestServer::start_in(dir.path(), Config::default()).await;
     let mut raw = Raw::with_headers(server.addr).await;
     for i in 0..50 {
         assert_eq!(raw.apub(&format!("r.{}", i % 3), &format!("before-{i}")).await, i + 1);
@@ -427,7 +428,7 @@ async fn catch_up_replays_the_log_across_a_restart() {
     drop(raw);
     server.stop().await;
 
-    let server = TestServer::start_in(dir.path(), BrokerConfig::default()).await;
+    let server = TestServer::start_in(dir.path(), Config::default()).await;
     let mut reader = Raw::with_headers(server.addr).await;
     reader.send("SUB r.> 1 FROM 0\r\n").await;
     let replayed = read_delivery(&mut reader, "r.>", "1", |event, _| event.seq() == 50).await;

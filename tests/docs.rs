@@ -1,7 +1,8 @@
 //! protocol.md is the contract: its limits and error texts must be the code's.
 
-use eventline::broker::{BrokerError, DEFAULT_MAX_PENDING, DEFAULT_PING_INTERVAL, MAX_PINGS_OUT};
-use eventline::protocol::{DEFAULT_MAX_PAYLOAD, MAX_CONTROL_LINE, ProtocolError, Refusal, Usage};
+use eventline::broker::BrokerError;
+use eventline::config::{DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_PENDING, DEFAULT_PING_INTERVAL, MAX_PINGS_OUT};
+use eventline::protocol::{MAX_CONTROL_LINE, ProtocolError, Refusal, Usage};
 use eventline::subject::SubjectError;
 
 fn protocol_md() -> String {

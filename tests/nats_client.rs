@@ -15,7 +15,7 @@ use async_nats::client::PublishErrorKind;
 use async_nats::{Client, ConnectOptions, HeaderMap, Message, RequestErrorKind, Subscriber};
 use bytes::Bytes;
 use common::{Raw, TIMEOUT, TestServer};
-use eventline::broker::BrokerConfig;
+use eventline::config::{Config, Limits};
 use futures::{FutureExt, StreamExt};
 
 // ---------------------------------------------------------------------------------------------
@@ -405,7 +405,11 @@ async fn five_thousand_subscriptions_on_one_connection() {
 #[tokio::test]
 async fn max_payload_is_delivered_and_one_byte_over_is_refused() {
     const MAX: usize = 64 * 1024;
-    let server = TestServer::with_config(BrokerConfig { max_payload: MAX, ..BrokerConfig::default() }).await;
+    let server = TestServer::with_config(Config {
+        limits: Limits { max_payload: MAX, ..Limits::default() },
+        ..Config::default()
+    })
+    .await;
     let subscriber = connect(&server).await;
     let publisher = connect(&server).await;
     assert_eq!(publisher.server_info().max_payload, MAX, "async-nats reads max_payload from INFO");
@@ -456,7 +460,11 @@ async fn slow_consumer_is_cut_while_a_reader_behind_a_fast_producer_is_not() {
 async fn slow_consumer_scenario(window: Option<usize>) {
     const MESSAGES: usize = 30_000;
     const SIZE: usize = 1024;
-    let server = TestServer::with_config(BrokerConfig { max_pending: 512 * 1024, ..BrokerConfig::default() }).await;
+    let server = TestServer::with_config(Config {
+        limits: Limits { max_pending: 512 * 1024, ..Limits::default() },
+        ..Config::default()
+    })
+    .await;
 
     let mut stalled = Raw::quiet(server.addr).await;
     stalled.send("SUB bulk 1\r\n").await;

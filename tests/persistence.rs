@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use common::{Raw, TIMEOUT, TestServer, parse_ack};
-use eventline::broker::{BrokerConfig, FsyncPolicy};
+use eventline::config::{BrokerConfig, Config, FsyncPolicy, StoreConfig};
 use eventline::subject::Filter;
 use futures::{FutureExt, StreamExt};
 
@@ -233,7 +233,7 @@ async fn a_publisher_subscribed_to_its_own_subject_gets_the_msg_before_the_ack()
 /// checks sequences, revisions and the dedup window carried over.
 async fn restart_continues_the_log(fsync: FsyncPolicy) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = BrokerConfig { fsync, ..BrokerConfig::default() };
+    let config = Config { store: StoreConfig { fsync, ..StoreConfig::default() }, ..Config::default() };
 
     let server = TestServer::start_in(dir.path(), config.clone()).await;
     let mut client = publisher(&server).await;
@@ -574,7 +574,11 @@ async fn concurrent_writers_with_the_same_expected_sequence_have_exactly_one_win
 async fn a_repeated_msg_id_is_a_duplicate_until_the_window_passes() {
     let window = Duration::from_millis(300);
     // No fsync: the checks before the window passes must fit in it even on a slow disk.
-    let config = BrokerConfig { dedup_window: window, fsync: FsyncPolicy::Never, ..BrokerConfig::default() };
+    let config = Config {
+        store: StoreConfig { fsync: FsyncPolicy::Never, ..StoreConfig::default() },
+        broker: BrokerConfig { dedup_window: window, ..BrokerConfig::default() },
+        ..Config::default()
+    };
     let server = TestServer::with_config(config).await;
     let mut sub = subscriber(&server, &[("pay.>", "1")]).await;
     let mut client = publisher(&server).await;
@@ -629,7 +633,11 @@ async fn a_repeated_msg_id_is_a_duplicate_until_the_window_passes() {
 async fn volatile_subjects_are_delivered_but_take_no_sequence() {
     let mut volatile = BrokerConfig::default().volatile;
     volatile.push(Filter::new(Bytes::from_static(b"telemetry.>")).expect("filter"));
-    let server = TestServer::with_config(BrokerConfig { volatile, ..BrokerConfig::default() }).await;
+    let server = TestServer::with_config(Config {
+        broker: BrokerConfig { volatile, ..BrokerConfig::default() },
+        ..Config::default()
+    })
+    .await;
     let mut sub =
         subscriber(&server, &[("_INBOX.x", "1"), ("$SYS.x", "2"), ("telemetry.cpu", "3"), ("stored", "4")]).await;
     let mut client = publisher(&server).await;

@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 
 use common::{Raw, TestServer};
-use eventline::broker::BrokerConfig;
+use eventline::config::{Config, Limits};
 
 /// Connects (sending `connect_json` first if given), sends `input`, and asserts the server
 /// answers `-ERR '<text>'` and closes the connection.
@@ -126,7 +126,11 @@ async fn non_numeric_sizes_are_invalid_arguments() {
 
 #[tokio::test]
 async fn size_over_max_payload_is_refused_as_soon_as_the_control_line_arrives() {
-    let server = TestServer::with_config(BrokerConfig { max_payload: 1024, ..Default::default() }).await;
+    let server = TestServer::with_config(Config {
+        limits: Limits { max_payload: 1024, ..Limits::default() },
+        ..Config::default()
+    })
+    .await;
     // Only the control lines are sent: the error must not wait for the payload.
     for input in ["PUB foo 1025\r\n", "PUB foo reply 99999999\r\n", "HPUB foo 12 1025\r\n"] {
         assert_refused_and_closed(server.addr, QUIET_HEADERS, input.as_bytes(), "Maximum Payload Violation").await;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{Raw, TestServer};
-use eventline::broker::BrokerConfig;
+use eventline::config::{Config, Limits};
 
 // ---------------------------------------------------------------------------------------
 // Greeting, verbose mode and CONNECT
@@ -325,8 +325,8 @@ async fn request_with_no_responders_gets_a_503_status() {
 // Server PINGs
 // ---------------------------------------------------------------------------------------
 
-fn fast_pings() -> BrokerConfig {
-    BrokerConfig { ping_interval: Duration::from_millis(200), ..Default::default() }
+fn fast_pings() -> Config {
+    Config { limits: Limits { ping_interval: Duration::from_millis(200), ..Limits::default() }, ..Config::default() }
 }
 
 #[tokio::test]
@@ -389,7 +389,7 @@ async fn read_bulk(mut reader: Raw, progress: Arc<AtomicUsize>) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_consumer_is_cut_while_a_reading_subscriber_gets_everything() {
-    let config = BrokerConfig { max_pending: 256 * 1024, ..Default::default() };
+    let config = Config { limits: Limits { max_pending: 256 * 1024, ..Limits::default() }, ..Config::default() };
     let server = TestServer::with_config(config).await;
     let mut slow = Raw::quiet(server.addr).await;
     slow.send("SUB bulk 1\r\n").await;

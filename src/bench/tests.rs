@@ -12,19 +12,20 @@ use super::latency::{self, LatencyArgs};
 use super::replay::{self, ReplayArgs};
 use super::{BenchError, CommonArgs, Target, TargetArgs};
 use crate::client::ClientError;
-use eventline::broker::{Broker, BrokerConfig};
+use eventline::broker::Broker;
+use eventline::config::{BrokerConfig, Config, Limits, StoreConfig};
 use eventline::subject::Filter;
 
 mod jetstream;
 
 /// Starts a server on a temporary data directory; it stops when the returned sender is
 /// dropped, and the directory goes with the returned guard.
-async fn server(config: BrokerConfig) -> (String, (oneshot::Sender<()>, tempfile::TempDir)) {
+async fn server(config: Config) -> (String, (oneshot::Sender<()>, tempfile::TempDir)) {
     let data = tempfile::tempdir().expect("temp dir");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
     let addr = listener.local_addr().expect("local addr").to_string();
     let (stop, stopped) = oneshot::channel::<()>();
-    let config = BrokerConfig { data: data.path().to_owned(), ..config };
+    let config = Config { store: StoreConfig::new(data.path()), ..config };
     let broker = Broker::start(config, CancellationToken::new()).expect("open the event log");
     tokio::spawn(eventline::server::run(listener, Arc::new(broker), async {
         let _ = stopped.await;
@@ -68,7 +69,7 @@ fn assert_all_replayed(report: &replay::ReplayReport, count: u64, size: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_delivers_every_message_to_every_subscriber() {
-    let (addr, _stop) = server(BrokerConfig::default()).await;
+    let (addr, _stop) = server(Config::default()).await;
     let args =
         FanoutArgs { common: common(&addr, 64, 10_001), publishers: 2, subscribers: 3, subject: "t.fanout".to_owned() };
     let report = fanout::measure(&args).await.expect("fanout runs");
@@ -84,7 +85,7 @@ async fn fanout_delivers_every_message_to_every_subscriber() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_measures_every_message() {
-    let (addr, _stop) = server(BrokerConfig::default()).await;
+    let (addr, _stop) = server(Config::default()).await;
     let args = LatencyArgs {
         common: common(&addr, 32, 200),
         rate: 2000,
@@ -101,7 +102,8 @@ async fn latency_measures_every_message() {
 
 #[tokio::test]
 async fn a_size_over_the_servers_max_payload_is_refused_up_front() {
-    let (addr, _stop) = server(BrokerConfig { max_payload: 100, ..BrokerConfig::default() }).await;
+    let (addr, _stop) =
+        server(Config { limits: Limits { max_payload: 100, ..Limits::default() }, ..Config::default() }).await;
     let args = FanoutArgs { common: common(&addr, 101, 1), publishers: 1, subscribers: 1, subject: "t".to_owned() };
     let error = fanout::measure(&args).await.expect_err("too big");
     assert!(matches!(error, BenchError::Usage(_)), "{error}");
@@ -133,7 +135,7 @@ async fn an_unreachable_server_is_a_connect_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apub_acknowledges_every_publish_one_at_a_time_or_in_a_window() {
-    let (addr, _stop) = server(BrokerConfig::default()).await;
+    let (addr, _stop) = server(Config::default()).await;
     let one = apub::measure(&apub_args(&addr, 200, 1, Target::Eventline)).await.expect("window 1 runs");
     assert_all_acked(&one, 200);
     assert_eq!(one.first_seq, Some(1));
@@ -145,7 +147,11 @@ async fn apub_acknowledges_every_publish_one_at_a_time_or_in_a_window() {
 #[tokio::test]
 async fn apub_to_a_volatile_subject_is_a_nak() {
     let volatile = Filter::new(bytes::Bytes::from_static(b"t.>")).expect("filter");
-    let (addr, _stop) = server(BrokerConfig { volatile: vec![volatile], ..BrokerConfig::default() }).await;
+    let (addr, _stop) = server(Config {
+        broker: BrokerConfig { volatile: vec![volatile], ..BrokerConfig::default() },
+        ..Config::default()
+    })
+    .await;
     let error = apub::measure(&apub_args(&addr, 10, 4, Target::Eventline)).await.expect_err("volatile");
     assert!(matches!(error, BenchError::Nak { .. }), "{error}");
     assert!(error.to_string().contains("volatile"), "{error}");
@@ -153,7 +159,7 @@ async fn apub_to_a_volatile_subject_is_a_nak() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_delivers_every_stored_event_from_the_start() {
-    let (addr, _stop) = server(BrokerConfig::default()).await;
+    let (addr, _stop) = server(Config::default()).await;
     // Another subject's events in between must not count.
     apub::measure(&apub_args(&addr, 50, 8, Target::Eventline)).await.expect("apub runs");
     let report = replay::measure(&replay_args(&addr, 20_000, "t.replay", Target::Eventline)).await.expect("replay");
@@ -164,7 +170,7 @@ async fn replay_delivers_every_stored_event_from_the_start() {
 
 #[tokio::test]
 async fn the_jetstream_target_needs_jetstream() {
-    let (addr, _stop) = server(BrokerConfig::default()).await;
+    let (addr, _stop) = server(Config::default()).await;
     let error = apub::measure(&apub_args(&addr, 1, 1, Target::Jetstream)).await.expect_err("no JetStream");
     assert!(matches!(error, BenchError::Usage(_)), "{error}");
     assert!(error.to_string().contains("start nats-server with -js"), "{error}");

@@ -17,12 +17,10 @@ use tracing::warn;
 
 use super::cursor::{Cursor, Log, blocking};
 use super::outbound::{Outbound, Wakes};
+use crate::config::READER_CHUNK;
 use crate::protocol::{Query, Refusal, Start, headers};
 use crate::store::{Event, StoreError};
 use crate::subject::Filter;
-
-/// Events read per step of a replay or query.
-const CHUNK: usize = 512;
 
 thread_local! {
     /// The header block being built for one delivery; reused, so a replay allocates nothing
@@ -148,7 +146,7 @@ pub(super) async fn catch_up(
         }
         let mut marked = false;
         loop {
-            let events = cursor.read(u64::MAX, CHUNK).await?;
+            let events = cursor.read(u64::MAX, READER_CHUNK).await?;
             sink.deliver(&events).await;
             if cursor.position() >= cursor.head() {
                 if !marked {
@@ -204,7 +202,7 @@ async fn fetch_events(log: &Log, query: &Query, sink: &Sink) -> Result<(u64, u64
     let mut cursor = log.cursor(query.filters.clone().into(), from - 1);
     let mut count = 0;
     while count < query.limit && cursor.position() < to {
-        let want = usize::try_from(query.limit - count).unwrap_or(usize::MAX).min(CHUNK);
+        let want = usize::try_from(query.limit - count).unwrap_or(usize::MAX).min(READER_CHUNK);
         let events = cursor.read(to, want).await?;
         sink.deliver(&events).await;
         count += events.len() as u64;

@@ -19,13 +19,8 @@ use tracing::error;
 
 use super::append::Committed;
 use super::delivery::Delivery;
+use crate::config::FINISHER_QUEUE_HANDOFFS;
 use crate::store::Store;
-
-/// Handoffs that may wait for the finisher (each batch is two: written, stored) before the
-/// writer waits too, so a slow disk or delivery holds publishers back instead of piling
-/// batches (up to `MAX_BATCH_BYTES` of payload each) up in memory; meanwhile the writer's
-/// own queue fills, and its next batch takes all of it.
-const QUEUE_DEPTH: usize = 8;
 
 /// What the timeline writer tells the finisher, in this order for each batch.
 pub(super) enum Handoff {
@@ -54,7 +49,7 @@ impl Finisher {
         failed: Arc<AtomicBool>,
         fatal: CancellationToken,
     ) -> std::io::Result<Finisher> {
-        let (sender, receiver) = sync_channel(QUEUE_DEPTH);
+        let (sender, receiver) = sync_channel(FINISHER_QUEUE_HANDOFFS);
         let thread_delivery = delivery.clone();
         let in_hand = Arc::new(AtomicUsize::new(0));
         let delivered = Arc::clone(&in_hand);

@@ -25,16 +25,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{LAGGING_AT_MOST, PENDING_KEEP_CAPACITY, SHARE_PAYLOADS_FROM};
 use crate::protocol::{ServerOp, encode};
-
-/// Payload size from which a delivery shares the publisher's bytes instead of copying.
-pub const SHARE_PAYLOADS_FROM: usize = 16 * 1024;
-
-/// A subscriber holding more than this (or half its bound, if less) counts as lagging:
-/// publishers to it pause and replays to it wait until it drains. nats-server pauses at half
-/// the bound; pausing earlier keeps memory near what the sockets hold without costing
-/// throughput, since a writer drains this much in a few milliseconds.
-pub const LAGGING_AT_MOST: usize = 4 * 1024 * 1024;
 
 /// Why a connection closed; logged once per connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,8 +84,7 @@ impl Pending {
     }
 
     pub fn clear(&mut self) {
-        const KEEP_CAPACITY: usize = 1024 * 1024;
-        if self.encoded.capacity() > KEEP_CAPACITY {
+        if self.encoded.capacity() > PENDING_KEEP_CAPACITY {
             self.encoded = BytesMut::new();
         }
         self.encoded.clear();

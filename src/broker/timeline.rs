@@ -29,49 +29,24 @@ use super::delivery::Delivery;
 use super::finisher::{Finisher, Handoff};
 use super::recent::Recent;
 use super::router::Router;
-use crate::config::FsyncPolicy;
+use crate::config::{
+    Config, FsyncPolicy, WRITER_BATCH_APPENDS, WRITER_BATCH_BYTES, WRITER_QUEUE_APPENDS, WRITER_QUEUE_REQUESTS,
+    WRITER_SUBJECT_CACHE,
+};
 use crate::protocol::Refusal;
 use crate::store::{DedupEntry, Event, Store, StoreError};
 use crate::subject::matches;
-
-/// Appends after which a writer batch takes no more requests; the rest wait for the next.
-const MAX_BATCH: usize = 4096;
-/// Payload bytes one writer batch takes at most (see [`TimelineConfig::max_batch_bytes`]).
-pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
-/// Requests that may wait for the writer before publishers are held back.
-const QUEUE_DEPTH: usize = 8192;
-/// Appends that may wait for the writer, whatever the requests carrying them: a request
-/// holds up to [`MAX_REQUEST_APPENDS`].
-const QUEUED_APPENDS: usize = 8192;
-/// Appends one connection hands the writer in one request.
-pub(crate) const MAX_REQUEST_APPENDS: usize = 256;
-/// Payload bytes after which a connection hands its appends over without waiting for more.
-pub(crate) const MAX_REQUEST_BYTES: usize = 64 * 1024;
-/// Subjects whose last sequence and revision the writer keeps in memory.
-const SUBJECT_CACHE: usize = 100_000;
-/// How long the writer looks for its next request before it parks its thread (see
-/// [`next_request`]).
-const LOOK_BEFORE_PARKING: Duration = Duration::from_micros(100);
 
 /// The handle connections use to reach the writer.
 #[derive(Clone)]
 pub struct Timeline {
     requests: mpsc::Sender<Request>,
-    /// One permit per append that may be queued (see [`QUEUED_APPENDS`]); the writer gives
+    /// One permit per append that may be queued (see [`WRITER_QUEUE_APPENDS`]); the writer gives
     /// them back as it takes requests, and closes it when it stops.
     queued: Arc<Semaphore>,
     head: watch::Receiver<u64>,
     failed: Arc<AtomicBool>,
     writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
-}
-
-/// Start-up settings of the writer.
-pub struct TimelineConfig {
-    pub fsync: FsyncPolicy,
-    pub dedup_window: Duration,
-    /// Payload bytes per batch. A batch is fanned out at once, so it is kept well under a
-    /// subscriber's outbound bound: one batch alone must never make a reader a slow consumer.
-    pub max_batch_bytes: usize,
 }
 
 impl Timeline {
@@ -84,7 +59,7 @@ impl Timeline {
         store: Arc<Store>,
         router: Arc<Router>,
         recent: Arc<Recent>,
-        config: &TimelineConfig,
+        config: &Config,
         failed: Arc<AtomicBool>,
         fatal: CancellationToken,
     ) -> Result<Timeline, StoreError> {
@@ -93,10 +68,10 @@ impl Timeline {
             0 => 0,
             seq => store.get(seq)?.map_or(0, |event| event.timestamp),
         };
-        let (requests, receiver) = mpsc::channel(QUEUE_DEPTH);
+        let (requests, receiver) = mpsc::channel(WRITER_QUEUE_REQUESTS);
         let (head_sender, head_receiver) = watch::channel(head);
         let delivery = Delivery { router, recent, head: Arc::new(head_sender) };
-        let finishing = match config.fsync {
+        let finishing = match config.store.fsync {
             FsyncPolicy::Always => Finishing::Finisher(Finisher::start(
                 head,
                 Arc::clone(&store),
@@ -106,12 +81,15 @@ impl Timeline {
             )?),
             FsyncPolicy::Interval(_) | FsyncPolicy::Never => Finishing::Inline,
         };
-        let queued = Arc::new(Semaphore::new(QUEUED_APPENDS));
+        let queued = Arc::new(Semaphore::new(WRITER_QUEUE_APPENDS));
         let mut writer = Writer {
             queued: Arc::clone(&queued),
-            max_batch_bytes: config.max_batch_bytes,
+            // A batch is fanned out at once: alone, it must never make a subscriber a slow
+            // consumer.
+            max_batch_bytes: WRITER_BATCH_BYTES.min(config.limits.max_pending / 4),
+            spin: config.broker.writer_spin,
             store,
-            dedup_window: nanos(config.dedup_window),
+            dedup_window: nanos(config.broker.dedup_window),
             head,
             last_timestamp,
             subjects: HashMap::new(),
@@ -125,7 +103,7 @@ impl Timeline {
         };
         writer.load_dedup_window()?;
         let thread = std::thread::Builder::new().name("timeline-writer".into()).spawn(move || writer.run(receiver))?;
-        if let FsyncPolicy::Interval(every) = config.fsync {
+        if let FsyncPolicy::Interval(every) = config.store.fsync {
             // A weak sender: the ticker must not keep the writer alive.
             let ticks = requests.downgrade();
             tokio::spawn(async move {
@@ -179,6 +157,8 @@ impl Timeline {
 struct Writer {
     queued: Arc<Semaphore>,
     max_batch_bytes: usize,
+    /// How long to look for the next request before parking (see [`next_request`]).
+    spin: Duration,
     store: Arc<Store>,
     dedup_window: u64,
     head: u64,
@@ -221,11 +201,11 @@ impl Writer {
     /// Commits batch after batch; each is handed on to be delivered and acknowledged (see
     /// [`Finishing`]) while the next is admitted and committed.
     fn run(mut self, mut receiver: mpsc::Receiver<Request>) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = next_request(&mut receiver) {
+        let mut batch = Vec::with_capacity(WRITER_BATCH_APPENDS);
+        while let Some(first) = next_request(&mut receiver, self.spin) {
             let (mut appends, mut bytes) = first.size();
             batch.push(first);
-            while appends < MAX_BATCH && bytes < self.max_batch_bytes {
+            while appends < WRITER_BATCH_APPENDS && bytes < self.max_batch_bytes {
                 match receiver.try_recv() {
                     Ok(request) => {
                         let (more_appends, more_bytes) = request.size();
@@ -331,7 +311,7 @@ impl Writer {
     /// Checks the conditions of a batch's appends and assigns the admitted ones their
     /// sequences. A failure answers the whole batch with storage failures.
     fn admit_batch(&mut self, batch: &mut Vec<Request>) -> Result<Admission, StoreError> {
-        if self.subjects.len() > SUBJECT_CACHE {
+        if self.subjects.len() > WRITER_SUBJECT_CACHE {
             self.subjects.clear();
         }
         let mut events = Vec::new();
@@ -462,8 +442,8 @@ impl Writer {
         if !self.dedup_backlog {
             return Ok(Vec::new());
         }
-        let expired = self.store.dedup_expired(cutoff, MAX_BATCH)?;
-        self.dedup_backlog = expired.len() == MAX_BATCH;
+        let expired = self.store.dedup_expired(cutoff, WRITER_BATCH_APPENDS)?;
+        self.dedup_backlog = expired.len() == WRITER_BATCH_APPENDS;
         Ok(expired)
     }
 
@@ -481,19 +461,17 @@ impl Writer {
 
 /// Waits for the writer's next request; `None` once every sender is gone.
 ///
-/// A publisher waiting for its acknowledgement sends its next publish about one round trip
-/// after the last one was answered, and waking a parked thread costs about as much again
-/// on a virtual machine whose idle CPUs halt (50–100 µs, measured on a 2-core VM). So the
-/// writer first looks for the request for up to [`LOOK_BEFORE_PARKING`], as Go's scheduler
+/// The writer first looks for the request for up to `spin` (see
+/// [`DEFAULT_WRITER_SPIN`](crate::config::DEFAULT_WRITER_SPIN) for why), as Go's scheduler
 /// and the LMAX Disruptor's yielding wait do, and yields the CPU between looks: a thread
 /// with work gets it, and an idle server parks after one such look.
-fn next_request(receiver: &mut mpsc::Receiver<Request>) -> Option<Request> {
+fn next_request(receiver: &mut mpsc::Receiver<Request>, spin: Duration) -> Option<Request> {
     let looking_since = Instant::now();
     loop {
         match receiver.try_recv() {
             Ok(request) => return Some(request),
             Err(TryRecvError::Disconnected) => return None,
-            Err(TryRecvError::Empty) if looking_since.elapsed() < LOOK_BEFORE_PARKING => std::thread::yield_now(),
+            Err(TryRecvError::Empty) if looking_since.elapsed() < spin => std::thread::yield_now(),
             Err(TryRecvError::Empty) => return receiver.blocking_recv(),
         }
     }
@@ -509,9 +487,10 @@ mod tests {
     use std::task::{Context, Waker};
 
     use super::*;
+    use crate::broker::Broker;
     use crate::broker::append::{Answer, Publisher, Reply};
     use crate::broker::outbound::{Outbound, Wakes};
-    use crate::broker::{Broker, BrokerConfig};
+    use crate::config::{REQUEST_APPENDS, StoreConfig};
     use crate::protocol::{Pub, PublishOptions};
 
     /// A publisher that hears nothing: the test counts what the writer stores.
@@ -545,27 +524,29 @@ mod tests {
     fn next_request_takes_queued_and_late_requests_and_ends_with_the_senders() {
         let (sender, mut receiver) = mpsc::channel(4);
         sender.try_send(Request::Sync).expect("room");
-        assert!(matches!(next_request(&mut receiver), Some(Request::Sync)));
+        let spin = crate::config::DEFAULT_WRITER_SPIN;
+        assert!(matches!(next_request(&mut receiver, spin), Some(Request::Sync)));
 
         let late = std::thread::spawn(move || {
-            std::thread::sleep(LOOK_BEFORE_PARKING * 20);
+            std::thread::sleep(spin * 20);
             sender.blocking_send(Request::Stop).expect("the receiver waits");
         });
-        assert!(matches!(next_request(&mut receiver), Some(Request::Stop)), "woken from the park");
+        assert!(matches!(next_request(&mut receiver, spin), Some(Request::Stop)), "woken from the park");
         late.join().expect("sender thread");
-        assert!(next_request(&mut receiver).is_none(), "no sender left");
+        assert!(next_request(&mut receiver, spin).is_none(), "no sender left");
     }
 
     fn appends() -> Request {
-        Request::Appends((0..MAX_REQUEST_APPENDS).map(|_| append()).collect())
+        Request::Appends((0..REQUEST_APPENDS).map(|_| append()).collect())
     }
 
-    /// Requests carry up to `MAX_REQUEST_APPENDS` appends each; the queue is bounded by
+    /// Requests carry up to `REQUEST_APPENDS` appends each; the queue is bounded by
     /// appends, not requests, so batching cannot multiply what a stalled writer holds.
     #[tokio::test]
     async fn queued_appends_are_bounded_whatever_the_requests_carrying_them() {
         let dir = tempfile::TempDir::new().expect("temp dir");
-        let config = BrokerConfig { data: dir.path().to_owned(), fsync: FsyncPolicy::Never, ..BrokerConfig::default() };
+        let store = StoreConfig { fsync: FsyncPolicy::Never, ..StoreConfig::new(dir.path()) };
+        let config = Config { store, ..Config::default() };
         let broker = Broker::start(config, CancellationToken::new()).expect("starts");
         let timeline = &broker.timeline;
         // Hold the writer inside a call until released.
@@ -578,7 +559,7 @@ mod tests {
         assert!(timeline.send(Request::Call(Box::new(hold))).await.is_ok());
         writer_held.await.expect("the writer runs the call");
 
-        for _ in 0..QUEUED_APPENDS / MAX_REQUEST_APPENDS {
+        for _ in 0..WRITER_QUEUE_APPENDS / REQUEST_APPENDS {
             assert!(timeline.send(appends()).await.is_ok());
         }
         let mut one_more = std::pin::pin!(timeline.send(appends()));
@@ -588,6 +569,6 @@ mod tests {
         release.send(()).expect("the writer waits");
         assert!(one_more.await.is_ok(), "sent once the writer takes the queue");
         timeline.stop().await;
-        assert_eq!(broker.head(), (QUEUED_APPENDS + MAX_REQUEST_APPENDS) as u64, "every append stored");
+        assert_eq!(broker.head(), (WRITER_QUEUE_APPENDS + REQUEST_APPENDS) as u64, "every append stored");
     }
 }

@@ -27,9 +27,6 @@ pub use refusal::Refusal;
 /// Longest control line (the op line without its payload), as nats-server's `MAX_CONTROL_LINE_SIZE`.
 pub const MAX_CONTROL_LINE: usize = 4096;
 
-/// Default largest payload (headers + body) of one message: 1 MiB, as nats-server.
-pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
-
 /// An op sent by a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientOp {

@@ -9,9 +9,10 @@ use super::client::{Delivery, Received, ServerCodec};
 use super::codec::ClientCodec;
 use super::parse::parse_client_op;
 use super::{
-    ApiRequest, CatchUp, ClientOp, Connect, DEFAULT_MAX_PAYLOAD, Extensions, Info, MAX_CONTROL_LINE, ProtocolError,
-    Pub, PublishOptions, Query, Refusal, ServerOp, Start, Usage, encode,
+    ApiRequest, CatchUp, ClientOp, Connect, Extensions, Info, MAX_CONTROL_LINE, ProtocolError, Pub, PublishOptions,
+    Query, Refusal, ServerOp, Start, Usage, encode,
 };
+use crate::config::DEFAULT_MAX_PAYLOAD;
 use crate::subject::{Filter, SubjectError};
 
 // ---------------------------------------------------------------------------------------------

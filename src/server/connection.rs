@@ -14,16 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::direct::DirectWrite;
-use crate::broker::{Broker, BrokerConfig, CloseReason, MAX_PINGS_OUT, MAX_STALL, Outbound, Pending, Session, Wake};
+use crate::broker::{Broker, CloseReason, Outbound, Pending, Session, Wake};
+use crate::config::{Config, FLUSH_GRACE, MAX_PINGS_OUT, MAX_STALL, READ_CHUNK, WRITE_PIECE};
 use crate::protocol::codec::ClientCodec;
 use crate::protocol::{ClientOp, ProtocolError, ServerOp};
-
-/// Read buffer size; big enough that a publisher's burst is parsed in few reads.
-const READ_CHUNK: usize = 64 * 1024;
-/// How long a closing connection may take to flush its last ops (an `-ERR`, say).
-const FLUSH_GRACE: Duration = Duration::from_secs(2);
-/// Largest single socket write; pending bytes are released piece by piece.
-const WRITE_PIECE: usize = 64 * 1024;
 
 pub(super) async fn serve(
     socket: TcpStream,
@@ -35,7 +29,7 @@ pub(super) async fn serve(
     // Small messages must not wait for Nagle; the writer already coalesces.
     let _ = socket.set_nodelay(true);
     let config = broker.config().clone();
-    let (socket, direct) = match direct_writes(socket, config.direct_writes) {
+    let (socket, direct) = match direct_writes(socket, config.listener.direct_writes) {
         Ok(taken) => taken,
         Err(error) => {
             warn!(%peer, %error, "cannot take the connection over from the operating system");
@@ -43,7 +37,7 @@ pub(super) async fn serve(
         }
     };
     let waker = direct.clone().map(|direct| direct as Arc<dyn Wake>);
-    let outbound = Arc::new(Outbound::new(config.max_pending, waker));
+    let outbound = Arc::new(Outbound::new(config.limits.max_pending, waker));
     let (read, write) = socket.into_split();
     let host = local.ip().to_string();
     let mut session = Session::new(Arc::clone(&broker), Arc::clone(&outbound), |client_id| {
@@ -51,7 +45,7 @@ pub(super) async fn serve(
     });
     let conn_id = session.client_id();
     info!(conn_id, %peer, "connection opened");
-    let writer = tokio::spawn(write_loop(write, Arc::clone(&outbound), config.write_deadline));
+    let writer = tokio::spawn(write_loop(write, Arc::clone(&outbound), config.limits.write_deadline));
     let reason = read_loop(read, &mut session, &outbound, &shutdown, &config).await;
     // What the client published before it went is still stored, as nats-server routes it.
     session.flush().await;
@@ -70,11 +64,12 @@ async fn read_loop(
     session: &mut Session,
     outbound: &Arc<Outbound>,
     shutdown: &CancellationToken,
-    config: &BrokerConfig,
+    config: &Config,
 ) -> CloseReason {
-    let mut codec = ClientCodec::new(config.max_payload);
+    let mut codec = ClientCodec::new(config.limits.max_payload);
     let mut buffer = BytesMut::with_capacity(READ_CHUNK);
-    let mut ping = interval_at(Instant::now() + config.ping_interval, config.ping_interval);
+    let ping_interval = config.limits.ping_interval;
+    let mut ping = interval_at(Instant::now() + ping_interval, ping_interval);
     let mut pings_out = 0;
     let mut active = false;
     loop {

@@ -14,9 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::broker::Broker;
-
-/// How long shutdown waits for connections to flush what they have queued.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+use crate::config::SHUTDOWN_GRACE;
 
 /// Accepts connections on `listener` until `shutdown` resolves, then closes every
 /// connection (flushing what is queued, within a grace period), stops the broker's log

@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode, Slice};
 
-use crate::config::StoreConfig;
+use crate::config::{RUN_BYTES, SCAN_BUDGET, StoreConfig};
 use crate::subject::{Filter, matches};
 
 use checkpoint::Checkpointer;
@@ -53,7 +53,7 @@ pub use error::StoreError;
 pub use event::Event;
 use hwm::HighWaterMark;
 use index::{RunIndex, be_u64, entry_seqs, is_exact, key_seq, literal_prefix, name_of, seq_range};
-use run::{RUN_BYTES, RUN_EVENTS, Run};
+use run::{RUN_EVENTS, Run};
 use wal::{Encoded, Recovered, Wal};
 
 /// A message id remembered for deduplication.
@@ -74,10 +74,6 @@ pub struct Chunk {
     pub events: Vec<Event>,
     pub next: u64,
 }
-
-/// Events examined by one scan before it returns, matching or not, so that a selective
-/// filter over a long log still answers in bounded time.
-const SCAN_BUDGET: usize = 65_536;
 
 /// The event log.
 pub struct Store {

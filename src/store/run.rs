@@ -11,9 +11,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{Event, StoreError};
 
-/// A run closes once its encoding passes this many bytes: big enough that per-run costs
-/// vanish, small enough that a point read decompresses little.
-pub(super) const RUN_BYTES: usize = 16 * 1024;
 /// Events one run holds at most, so index entries can address them with `u16` offsets.
 pub(super) const RUN_EVENTS: usize = 4096;
 

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use fjall::{Database, KeyspaceCreateOptions, Slice};
 use tempfile::TempDir;
 
-use super::{DedupEntry, Event, SCAN_BUDGET, Store, StoreError};
-use crate::config::StoreConfig;
+use super::{DedupEntry, Event, Store, StoreError};
+use crate::config::{SCAN_BUDGET, StoreConfig};
 use crate::subject::{Filter, Subject, matches};
 
 // ---- Fixtures and oracles ----

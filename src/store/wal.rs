@@ -32,10 +32,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::run::push_record;
 use super::{DedupEntry, Event, StoreError};
+use crate::config::WAL_SEGMENT_BYTES;
 
-/// Segment size. A batch is at most a few MiB, so a record always fits in a fresh segment.
-/// Unit tests use small segments, so that a few hundred events fill and reuse several.
-const SEGMENT_BYTES: u64 = if cfg!(test) { 64 * 1024 } else { 16 * 1024 * 1024 };
 const HEADER: usize = 8;
 const BODY_FIXED: usize = 8 + 8 + 4 + 4;
 const EXTENSION: &str = "wal";
@@ -152,7 +150,7 @@ impl Wal {
             wal.next_name = wal.next_name.max(name + 1);
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
             // A segment whose creation was cut short never held a record.
-            if file.metadata()?.len() < SEGMENT_BYTES {
+            if file.metadata()?.len() < WAL_SEGMENT_BYTES {
                 std::fs::remove_file(&path)?;
                 continue;
             }
@@ -229,7 +227,7 @@ impl Wal {
     /// I/O failures (a full disk among them).
     pub(super) fn append(&mut self, encoded: &mut Encoded, first: u64, last: u64) -> Result<(), StoreError> {
         let len = encoded.record.len() as u64;
-        if self.offset > 0 && self.offset + len > SEGMENT_BYTES {
+        if self.offset > 0 && self.offset + len > WAL_SEGMENT_BYTES {
             let next = self.take_free()?;
             if let Some(full) = self.live.last() {
                 self.retired.push(Arc::clone(&full.file));
@@ -297,8 +295,8 @@ impl Segment {
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
         let zeros = vec![0u8; 1024 * 1024];
         let mut offset = 0;
-        while offset < SEGMENT_BYTES {
-            let len = zeros.len().min(usize::try_from(SEGMENT_BYTES - offset).unwrap_or(usize::MAX));
+        while offset < WAL_SEGMENT_BYTES {
+            let len = zeros.len().min(usize::try_from(WAL_SEGMENT_BYTES - offset).unwrap_or(usize::MAX));
             file.write_all_at(&zeros[..len], offset)?;
             offset += len as u64;
         }

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventline::broker::{Broker, BrokerConfig};
+use eventline::broker::Broker;
+use eventline::config::{Config, StoreConfig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
@@ -29,11 +30,11 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> TestServer {
-        TestServer::with_config(BrokerConfig::default()).await
+        TestServer::with_config(Config::default()).await
     }
 
     /// A server with `config`, its data in a new temporary directory.
-    pub async fn with_config(config: BrokerConfig) -> TestServer {
+    pub async fn with_config(config: Config) -> TestServer {
         let data = tempfile::tempdir().expect("temp dir");
         let mut server = TestServer::start_in(data.path(), config).await;
         server._data = Some(data);
@@ -41,11 +42,11 @@ impl TestServer {
     }
 
     /// A server on the data directory `dir` (e.g. to restart on the same log).
-    pub async fn start_in(dir: &std::path::Path, config: BrokerConfig) -> TestServer {
+    pub async fn start_in(dir: &std::path::Path, config: Config) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let config = BrokerConfig { data: dir.to_owned(), ..config };
+        let config = Config { store: StoreConfig { data: dir.to_owned(), ..config.store }, ..config };
         let broker = Arc::new(Broker::start(config, CancellationToken::new()).expect("open the event log"));
         let task = tokio::spawn(eventline::server::run(listener, broker, async {
             let _ = stopped.await;

@@ -15,11 +15,9 @@ use super::append::{Append, Request};
 use super::outbound::{Outbound, Wakes};
 use super::reply::Replies;
 use super::{Broker, BrokerError, Subscription};
+use crate::config::SUBSCRIPTION_SWEEP_MIN;
 use crate::protocol::{ClientOp, Connect, Info, ServerOp};
 use crate::subject::{Filter, matches};
-
-/// Smallest subscription map that is swept for ended subscriptions.
-const MIN_SWEEP: usize = 64;
 
 /// A connected client, driven op by op by its connection's reader task.
 pub struct Session {
@@ -58,7 +56,7 @@ impl Session {
             replies,
             subscriptions: HashMap::new(),
             catchups: HashMap::new(),
-            sweep_at: MIN_SWEEP,
+            sweep_at: SUBSCRIPTION_SWEEP_MIN,
             appends: Vec::new(),
             append_bytes: 0,
             wakes: Wakes::default(),
@@ -71,7 +69,7 @@ impl Session {
 
     /// A subscriber that this client's messages pushed lagging (see `LAGGING_AT_MOST`), if
     /// any since the last call: the connection pauses reading (at most
-    /// [`super::MAX_STALL`]) to let it drain, as nats-server stalls fast producers, instead
+    /// [`MAX_STALL`](crate::config::MAX_STALL)) to let it drain, as nats-server stalls fast producers, instead
     /// of cutting it off at once.
     pub fn take_lagging(&mut self) -> Option<Arc<Outbound>> {
         self.replies.take_lagging()
@@ -159,7 +157,7 @@ impl Session {
         self.subscriptions.insert(sid, Arc::clone(&subscription));
         if self.subscriptions.len() >= self.sweep_at {
             self.subscriptions.retain(|_, s| !s.is_exhausted());
-            self.sweep_at = (self.subscriptions.len() * 2).max(MIN_SWEEP);
+            self.sweep_at = (self.subscriptions.len() * 2).max(SUBSCRIPTION_SWEEP_MIN);
         }
         self.in_order(move || router.activate(&subscription)).await;
         Ok(())

@@ -10,7 +10,7 @@ use super::Session;
 use crate::broker::BrokerError;
 use crate::broker::append::{Answer, Append, Publisher, Reply, Request};
 use crate::broker::outbound::Wakes;
-use crate::broker::timeline::{MAX_REQUEST_APPENDS, MAX_REQUEST_BYTES};
+use crate::config::{REQUEST_APPENDS, REQUEST_BYTES};
 use crate::protocol::{Pub, PublishOptions, Refusal, ServerOp};
 use crate::subject::is_valid_subject;
 
@@ -111,7 +111,7 @@ impl Session {
         let append = Append { message, options, reply: Reply { publisher, answer } };
         self.append_bytes += append.size();
         self.appends.push(append);
-        if self.appends.len() >= MAX_REQUEST_APPENDS || self.append_bytes >= MAX_REQUEST_BYTES {
+        if self.appends.len() >= REQUEST_APPENDS || self.append_bytes >= REQUEST_BYTES {
             self.flush().await;
         }
     }
