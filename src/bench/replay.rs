@@ -13,6 +13,11 @@
 //! push consumer delivering the whole stream there (`ack_policy` none, instant replay, no
 //! flow control). The clock starts as the request is sent and stops at the read that
 //! brought the N-th event; time to first message is to the read that brought the first.
+//!
+//! Live, with `--live M`: once the replay is done (on eventline, once the caught-up marker
+//! came), M more events are published as in the load, and the same subscriber counts them
+//! as they arrive: the throughput of a reader that has caught up and follows the head. Its
+//! clock runs from the first live publish to the read that brought the M-th event.
 
 use clap::Args;
 use serde::Serialize;
@@ -42,6 +47,9 @@ pub struct ReplayArgs {
     /// starts at sequence 1): give each run its own subject, or a fresh data directory.
     #[arg(long, default_value = "bench.replay", value_parser = super::subject)]
     pub subject: String,
+    /// Events to publish once the replay is done, delivered live to the same subscriber.
+    #[arg(long, value_name = "M", default_value_t = 0)]
+    pub live: u64,
 }
 
 /// Everything a replay run measured; `--json` prints it as is.
@@ -63,6 +71,9 @@ pub struct ReplayReport {
     pub secs: f64,
     pub msg_per_sec: f64,
     pub mb_per_sec: f64,
+    /// With `--live`: the events published after the replay, as the subscriber got them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<Throughput>,
 }
 
 /// Runs the replay benchmark and prints its report.
@@ -96,7 +107,7 @@ pub async fn measure(args: &ReplayArgs) -> Result<ReplayReport, BenchError> {
     super::check_payload(&publisher, common.size)?;
     let (frame_len, batch) = fanout::batch(&args.subject, common.size, fanout::BATCH_BYTES);
     let start = Instant::now();
-    let mut loaded = fanout::publish(publisher, batch, frame_len, common.count).await?;
+    let mut loaded = fanout::publish(publisher, batch.clone(), frame_len, common.count).await?;
     if target == Target::Jetstream {
         api.wait_stored(stream, common.count).await?;
         loaded = Instant::now();
@@ -125,9 +136,13 @@ pub async fn measure(args: &ReplayArgs) -> Result<ReplayReport, BenchError> {
             started
         }
     };
-    let counted = match counting.join_next().await {
+    let (counted, subscriber) = match counting.join_next().await {
         Some(counted) => counted??,
         None => return Err(BenchError::Usage("no replay ran".to_owned())),
+    };
+    let live = match args.live {
+        0 => None,
+        live => Some(follow(server, wait, subscriber, target, live, (frame_len, batch)).await?),
     };
 
     let first = counted.first.unwrap_or(counted.last);
@@ -150,7 +165,57 @@ pub async fn measure(args: &ReplayArgs) -> Result<ReplayReport, BenchError> {
         secs: time.as_secs_f64(),
         msg_per_sec: per_sec(counted.received, time),
         mb_per_sec: mb(per_sec(counted.bytes, time)),
+        live,
     })
+}
+
+/// The live phase: on eventline, waits for the caught-up marker; then publishes `live`
+/// more events and times their arrival at `subscriber`.
+async fn follow(
+    server: &str,
+    wait: std::time::Duration,
+    mut subscriber: Client,
+    target: Target,
+    live: u64,
+    (frame_len, batch): (usize, bytes::Bytes),
+) -> Result<Throughput, BenchError> {
+    if target == Target::Eventline {
+        receive::count(&mut subscriber, &mut CaughtUp(false), wait, "before the caught-up marker").await?;
+    }
+    let publisher = Client::connect(server, wait).await?;
+    let mut counted = Counted::new(target, live);
+    counted.caught_up = true;
+    let counting = tokio::spawn(async move {
+        receive::count(&mut subscriber, &mut counted, wait, "while following the log").await.map(|()| counted)
+    });
+    let start = Instant::now();
+    fanout::publish(publisher, batch, frame_len, live).await?;
+    let counted = counting.await.map_err(|e| BenchError::Usage(format!("the live count failed: {e}")))??;
+    let time = counted.last - start;
+    Ok(Throughput {
+        msgs: counted.received,
+        secs: time.as_secs_f64(),
+        msg_per_sec: per_sec(counted.received, time),
+        mb_per_sec: mb(per_sec(counted.bytes, time)),
+    })
+}
+
+/// Waits for eventline's caught-up marker.
+struct CaughtUp(bool);
+
+impl Counter for CaughtUp {
+    fn complete(&self) -> bool {
+        self.0
+    }
+
+    fn count(&mut self, _: &Client, msg: &Delivery, _: Instant) -> Result<(), BenchError> {
+        self.0 |= jetstream::status(msg.headers.as_deref()) == Some(CAUGHT_UP);
+        Ok(())
+    }
+
+    fn quiet(&mut self, conn: &Client) -> Result<bool, BenchError> {
+        Err(BenchError::failed(conn, "no caught-up marker after the replay".to_owned()))
+    }
 }
 
 /// Fails unless `subject` holds no events on eventline: the replay from sequence 1 would
@@ -177,6 +242,8 @@ async fn holds_nothing(api: &mut Api, subject: &str) -> Result<(), BenchError> {
 #[derive(Debug)]
 struct Counted {
     target: Target,
+    /// Past the caught-up marker: events are live, and the marker is no surprise.
+    caught_up: bool,
     expected: u64,
     received: u64,
     /// Payload bytes received.
@@ -186,13 +253,19 @@ struct Counted {
     last: Instant,
 }
 
+impl Counted {
+    fn new(target: Target, expected: u64) -> Counted {
+        Counted { target, caught_up: false, expected, received: 0, bytes: 0, first: None, last: Instant::now() }
+    }
+}
+
 /// Counts replayed events on `conn` until `expected` arrived; fails if nothing arrives for
 /// the connection's timeout, or if eventline says it caught up before `expected`.
-async fn replayed(mut conn: Client, expected: u64, target: Target) -> Result<Counted, BenchError> {
-    let mut counted = Counted { target, expected, received: 0, bytes: 0, first: None, last: Instant::now() };
+async fn replayed(mut conn: Client, expected: u64, target: Target) -> Result<(Counted, Client), BenchError> {
+    let mut counted = Counted::new(target, expected);
     let wait = conn.timeout();
     receive::count(&mut conn, &mut counted, wait, "during the replay").await?;
-    Ok(counted)
+    Ok((counted, conn))
 }
 
 impl Counter for Counted {
@@ -212,7 +285,7 @@ impl Counter for Counted {
             self.bytes += msg.payload.len() as u64;
             self.first.get_or_insert(read_at);
             self.last = read_at;
-        } else if self.target == Target::Eventline && jetstream::status(h) == Some(CAUGHT_UP) {
+        } else if self.target == Target::Eventline && !self.caught_up && jetstream::status(h) == Some(CAUGHT_UP) {
             let what = format!("the replay caught up after {} of {} events", self.received, self.expected);
             return Err(BenchError::failed(conn, what));
         }
@@ -259,6 +332,15 @@ fn human(r: &ReplayReport) -> String {
         r.secs,
         r.first_msg_ms
     );
+    if let Some(l) = &r.live {
+        out += &format!(
+            "live:   {:>12} msg/s {:>9.2} MB/s  ({} events published after the replay, in {:.3} s)\n",
+            grouped(l.msg_per_sec),
+            l.mb_per_sec,
+            grouped(l.msgs as f64),
+            l.secs
+        );
+    }
     out
 }
 
@@ -281,11 +363,13 @@ mod tests {
             secs: 0.25,
             msg_per_sec: 4000.0,
             mb_per_sec: 0.512,
+            live: Some(Throughput { msgs: 10, secs: 0.01, msg_per_sec: 1000.0, mb_per_sec: 0.128 }),
         };
         let text = human(&report);
         assert!(text.contains("JetStream push consumer"), "{text}");
         assert!(text.contains("2,000 msg/s"), "{text}");
         assert!(text.contains("first after 1.50 ms"), "{text}");
+        assert!(text.contains("live:          1,000 msg/s"), "{text}");
         let json = serde_json::to_value(&report).expect("json");
         assert_eq!(json["target"], "jetstream");
         assert_eq!(json["load"]["msg_per_sec"], 2000.0);

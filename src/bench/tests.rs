@@ -46,7 +46,7 @@ fn apub_args(server: &str, count: u64, window: u64, on: Target) -> ApubArgs {
 }
 
 fn replay_args(server: &str, count: u64, subject: &str, on: Target) -> ReplayArgs {
-    ReplayArgs { common: common(server, 100, count), target: target(on), subject: subject.to_owned() }
+    ReplayArgs { common: common(server, 100, count), target: target(on), subject: subject.to_owned(), live: 0 }
 }
 
 /// Checks an apub run that acknowledged `count` publishes into an otherwise idle stream.
@@ -162,10 +162,13 @@ async fn replay_delivers_every_stored_event_from_the_start() {
     let (addr, _stop) = server(Config::default()).await;
     // Another subject's events in between must not count.
     apub::measure(&apub_args(&addr, 50, 8, Target::Eventline)).await.expect("apub runs");
-    let report = replay::measure(&replay_args(&addr, 20_000, "t.replay", Target::Eventline)).await.expect("replay");
+    let args = ReplayArgs { live: 5_000, ..replay_args(&addr, 20_000, "t.replay", Target::Eventline) };
+    let report = replay::measure(&args).await.expect("replay");
     assert_all_replayed(&report, 20_000, 100);
+    let live = report.live.expect("a live phase");
+    assert!(live.msgs == 5_000 && live.msg_per_sec > 0.0, "{live:?}");
     let again = replay::measure(&replay_args(&addr, 10, "t.replay", Target::Eventline)).await.expect_err("not empty");
-    assert!(again.to_string().contains("already holds events (the last is seq 20050)"), "{again}");
+    assert!(again.to_string().contains("already holds events (the last is seq 25050)"), "{again}");
 }
 
 #[tokio::test]

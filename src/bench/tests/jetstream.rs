@@ -69,10 +69,10 @@ async fn apub_counts_jetstream_pub_acks() {
 async fn replay_through_a_jetstream_push_consumer() {
     let Some(nats) = nats_server() else { return };
     for _ in 0..2 {
-        let report = replay::measure(&replay_args(&nats.addr, 20_000, "t.replay", Target::Jetstream))
-            .await
-            .expect("replay runs");
+        let args = ReplayArgs { live: 5_000, ..replay_args(&nats.addr, 20_000, "t.replay", Target::Jetstream) };
+        let report = replay::measure(&args).await.expect("replay runs");
         assert_all_replayed(&report, 20_000, 100);
+        assert_eq!(report.live.map(|live| live.msgs), Some(5_000), "the consumer follows the stream");
     }
 }
 
