@@ -25,16 +25,20 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 cargo build --release
-# A copy, so that a concurrent rebuild cannot swap the binary between runs.
+# A copy, so that a concurrent rebuild cannot swap the binary between runs. The load tool is
+# always this build's; SERVER_BIN runs another build's server under it (e.g. to measure a
+# change before and after in one sitting).
 bin=$work/eventline
 cp target/release/eventline "$bin"
+server_bin=$work/eventline-server
+cp "${SERVER_BIN:-target/release/eventline}" "$server_bin"
 
 # start_eventline NAME [serve options...]: eventline on port 0 with its own data directory;
 # the first line of its stdout names the bound address. Sets evl_pid and evl_addr.
 start_eventline() {
     local name=$1 line=""
     shift
-    "$bin" serve --port 0 --log-level warn --data "$work/evl-$name" "$@" \
+    "$server_bin" serve --port 0 --log-level warn --data "$work/evl-$name" "$@" \
         >"$work/evl-$name.out" 2>"$work/evl-$name.log" &
     evl_pid=$!
     pids+=("$evl_pid")
@@ -68,7 +72,7 @@ start_nats() {
 
 # The lines every report starts with: when, which commit, which machine, how loaded.
 print_header() {
-    echo "# $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty')"
+    echo "# $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty')${SERVER_BIN:+, server $SERVER_BIN}"
     echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
     echo "# nats-server $("$NATS_SERVER" --version | awk '{print $2}')"
     echo "# load before: $(load_average)"

@@ -5,7 +5,8 @@
 #     (eventline `APUB` -> `+ACK`; JetStream `PUB` with a reply inbox -> PubAck), 128 B;
 #   - replay: load N events on one subject (plain PUBs; its time is the unacknowledged publish
 #     throughput into the log), then one subscriber replays them all from the start
-#     (eventline `SUB <subject> 1 FROM 1`; JetStream an ephemeral push consumer);
+#     (eventline `SUB <subject> 1 FROM 1`; JetStream an ephemeral push consumer), then M more
+#     events are published and the same subscriber follows them live;
 #   - latency at a fixed rate to a stored subject (eventline stores, then delivers; nats-server
 #     delivers a message on a stream subject live to a plain subscriber and stores it as well).
 # Servers: eventline `--fsync always` (fsyncs each batch before acking or delivering it), a
@@ -15,7 +16,8 @@
 # Usage: benches/compare-log.sh
 # Environment (defaults in brackets):
 #   REPEATS [3]  SIZE [128]  APUB_W1_COUNT [5000]  APUB_W256_COUNT [200000]
-#   REPLAY_COUNT [1000000]  LATENCY_RATE [10000]  LATENCY_COUNT [50000]  TIMEOUT_SECS [60]
+#   REPLAY_COUNT [1000000]  LIVE_COUNT [200000]  LATENCY_RATE [10000]  LATENCY_COUNT [50000]
+#   TIMEOUT_SECS [60]  SERVER_BIN [target/release/eventline] (eventline's server; see common.sh)
 #   NATS_SERVER [nats-server, else /usr/sbin/nats-server]
 # Servers and client share the machine: quote figures with the header this prints.
 set -euo pipefail
@@ -26,6 +28,7 @@ SIZE=${SIZE:-128}
 APUB_W1_COUNT=${APUB_W1_COUNT:-5000}
 APUB_W256_COUNT=${APUB_W256_COUNT:-200000}
 REPLAY_COUNT=${REPLAY_COUNT:-1000000}
+LIVE_COUNT=${LIVE_COUNT:-200000}
 LATENCY_RATE=${LATENCY_RATE:-10000}
 LATENCY_COUNT=${LATENCY_COUNT:-50000}
 TIMEOUT_SECS=${TIMEOUT_SECS:-60}
@@ -45,7 +48,7 @@ disk_line() { echo "# disk $1: $("$bin" bench fsync --dir "$work" --count 1000 |
 print_header
 disk_line before
 echo "# nats-server -js at $nats_addr; eventline --fsync always at $always_addr, --fsync never at $never_addr"
-echo "# $SIZE B payloads; apub w=1 x $APUB_W1_COUNT, w=256 x $APUB_W256_COUNT; replay x $REPLAY_COUNT; latency $LATENCY_COUNT at $LATENCY_RATE msg/s"
+echo "# $SIZE B payloads; apub w=1 x $APUB_W1_COUNT, w=256 x $APUB_W256_COUNT; replay x $REPLAY_COUNT then live x $LIVE_COUNT; latency $LATENCY_COUNT at $LATENCY_RATE msg/s"
 
 results=$work/results.tsv
 : >"$results"
@@ -58,8 +61,8 @@ if r["mode"] == "apub":
     l = r["ack_latency_us"] or {}
     what = "%12.0f acks/s, ack p50 %.0f us, p99 %.0f us" % (r["msg_per_sec"], l.get("p50", 0), l.get("p99", 0))
 elif r["mode"] == "replay":
-    what = "load %.0f msg/s, replay %.0f msg/s, first after %.1f ms" % (
-        r["load"]["msg_per_sec"], r["msg_per_sec"], r["first_msg_ms"])
+    what = "load %.0f msg/s, replay %.0f msg/s, first after %.1f ms, live %.0f msg/s" % (
+        r["load"]["msg_per_sec"], r["msg_per_sec"], r["first_msg_ms"], (r.get("live") or {}).get("msg_per_sec", 0))
 else:
     l = r["latency_us"] or {}
     what = "p50 %.0f us, p99 %.0f us, lost %d" % (l.get("p50", 0), l.get("p99", 0), r["lost"])
@@ -100,9 +103,9 @@ for rep in $(seq "$REPEATS"); do
         if [[ $name == eventline ]]; then
             # A subject of its own per repeat: eventline cannot delete events, and the replay
             # starts at sequence 1 (JetStream re-creates its stream instead).
-            run "$rep" replay eventline-always replay --server "$always_addr" "${common[@]}" --count "$REPLAY_COUNT" --subject "bench.replay.r$rep"
+            run "$rep" replay eventline-always replay --server "$always_addr" "${common[@]}" --count "$REPLAY_COUNT" --live "$LIVE_COUNT" --subject "bench.replay.r$rep"
         else
-            run "$rep" replay jetstream replay --target jetstream --server "$nats_addr" "${common[@]}" --count "$REPLAY_COUNT"
+            run "$rep" replay jetstream replay --target jetstream --server "$nats_addr" "${common[@]}" --count "$REPLAY_COUNT" --live "$LIVE_COUNT"
         fi
     done
     for name in $order; do
@@ -139,6 +142,7 @@ rows = [
     ("replay", "replay", "msg/s", lambda r: r["msg_per_sec"]),
     ("replay", "replay", "MB/s", lambda r: r["mb_per_sec"]),
     ("replay", "replay: first message", "ms", lambda r: r["first_msg_ms"]),
+    ("replay", "live after the replay", "msg/s", lambda r: (r.get("live") or {}).get("msg_per_sec")),
     ("latency", "latency p50", "us", lambda r: (r["latency_us"] or {}).get("p50")),
     ("latency", "latency p99", "us", lambda r: (r["latency_us"] or {}).get("p99")),
     ("latency", "latency p99.9", "us", lambda r: (r["latency_us"] or {}).get("p99_9")),
