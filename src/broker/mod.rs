@@ -1,11 +1,14 @@
-//! The broker: sessions, subscriptions, routing and the timeline. No sockets, no parsing.
+//! The broker: sessions, subscriptions, routing, the timeline and its readers. No sockets,
+//! no parsing.
 //!
 //! A [`Session`] is one client's view (its options and subscriptions) and is driven by the
 //! connection's reader task with typed [`ClientOp`](crate::protocol::ClientOp)s. A message
-//! on a volatile subject is routed at once: the [`router`] looks its subject up in the
+//! on a volatile subject is routed at once: the `router` looks its subject up in the
 //! subscription trie and pushes it onto each matching subscriber's [`Outbound`] queue,
-//! never waiting for a subscriber. Any other message goes to the [`timeline`] writer, which
-//! stores it and routes it the same way once it is durable.
+//! never waiting for a subscriber. Any other message becomes an `append` for the
+//! `timeline` writer, which stores it; `delivery` then routes it the same way and
+//! answers the publisher through its `reply` handle. Readers of the log (catch-up
+//! subscriptions, queries) are each a `cursor` over the store and the `recent` batches.
 
 mod append;
 mod catchup;

@@ -1,8 +1,8 @@
-//! Writing server ops into the connection's write buffer.
+//! Writing server ops into a connection's pending buffer.
 //!
-//! Message deliveries are encoded here, by the connection's writer, straight from the
-//! shared `Bytes` of the published message: the fan-out path only clones handles, and the
-//! one copy of a payload per subscriber is this write into the socket buffer.
+//! Fan-out encodes each delivery's control line here, straight into the subscriber's
+//! pending bytes; the payload follows it there (copied when small) or is sent in place
+//! from the publisher's buffer (when large, see the broker's outbound queue).
 
 use bytes::{BufMut, BytesMut};
 

@@ -2,9 +2,11 @@
 //!
 //! Pure code, no I/O. [`parse::parse_client_op`] is a function over `&[u8]` that returns
 //! `Ok(None)` on incomplete input; [`codec::ClientCodec`] is the thin tokio-util `Decoder`
-//! around it that turns the borrowed parse into owned [`ClientOp`]s whose fields are
-//! `Bytes` slices of the read buffer (no copy). [`encode`] writes [`ServerOp`]s.
-//! [`client`] is the other direction (parsing server ops) for eventline's own load tool.
+//! around it that turns the borrowed parse into owned [`ClientOp`]s: subjects and payloads
+//! are `Bytes` slices of the read buffer (no copy), extension arguments typed values or a
+//! [`Refusal`], and `$EL.` requests an [`ApiRequest`]. [`encode`] writes [`ServerOp`]s and
+//! message heads. [`client`] is the other direction (parsing server ops) for eventline's own
+//! load tool and command-line client.
 
 pub mod api;
 pub mod client;
@@ -142,8 +144,8 @@ pub struct Extensions {
     pub features: Vec<String>,
 }
 
-/// An op sent by the server, other than message deliveries (which the writer encodes
-/// straight from the shared message, see [`encode::msg`]).
+/// An op sent by the server, other than message deliveries (which fan-out encodes straight
+/// into a subscriber's queue, see [`encode::msg_head`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerOp {
     Info(Box<Info>),

@@ -1,10 +1,11 @@
-//! One stored event and its on-disk encoding.
+//! One stored event and its encoding: a record of a run (see [`super::run`]), which holds
+//! consecutive events under its first sequence.
 //!
-//! The value stored under a sequence key is
+//! An event's record is
 //! `crc32 | timestamp u64 | revision u64 | subject len u16 | subject | header len u32 | headers | payload`
-//! (integers big-endian). The checksum covers the sequence too, so a value that turns up
-//! under the wrong key is caught as well as one whose bytes changed: fjall's journal
-//! checksums do not cover everything, and a corrupt event must never be served.
+//! (integers big-endian). The checksum covers the event's sequence too, so a record read
+//! for the wrong sequence is caught as well as one whose bytes changed: fjall's checksums do
+//! not cover everything, and a corrupt event must never be served.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 

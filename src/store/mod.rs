@@ -2,9 +2,9 @@
 //! Synchronous and network-free; call it from the timeline writer thread or from
 //! `spawn_blocking`, never on a tokio worker.
 //!
-//! Every batch is first written to the write-ahead log (see [`wal`]), whose fsync is what an
+//! Every batch is first written to the write-ahead log (see `wal`), whose fsync is what an
 //! acknowledgement waits for, and then to fjall without an fsync; the store's own
-//! checkpoint thread (see [`checkpoint`]) makes fjall durable and lets the write-ahead log
+//! checkpoint thread (see `checkpoint`) makes fjall durable and lets the write-ahead log
 //! reuse its segments.
 //!
 //! # The durability protocol
@@ -21,10 +21,10 @@
 //!   it durably, so after a crash start-up finds each acknowledged event in one or the other.
 //!
 //! Keyspaces (integers big-endian, so keys sort numerically):
-//! - `events`: `first seq` -> a run of consecutive events (see [`run`]): a batch becomes a
+//! - `events`: `first seq` -> a run of consecutive events (see `run`): a batch becomes a
 //!   few values, not one per event, and appends and replays cost per run, not per event.
 //! - `index`: per run, one entry per subject and per token prefix listing its sequences
-//!   (see [`index`]), so a literal subject or prefix replays without scanning the log.
+//!   (see `index`), so a literal subject or prefix replays without scanning the log.
 //! - `dedup`: `timestamp msg-id` -> seq, so the dedup window is a range from a time.
 //!
 //! Reads never look past the head the caller passes in: the writer publishes the head only
@@ -226,8 +226,8 @@ impl Store {
     }
 
     /// The high-water mark: the log is known to hold every event up to it durably. It is
-    /// advanced after the fsyncs, not before each acknowledgement (see [`Store::mark_durable`]
-    /// and [`Store::checkpoint`]), so it may trail the last acknowledgement a little; the
+    /// advanced after the fsyncs, not before each acknowledgement (by the checkpoint
+    /// thread), so it may trail the last acknowledgement a little; the
     /// write-ahead log's own checksums cover the events after it.
     pub fn high_water_mark(&self) -> u64 {
         self.lock_mark().last()

@@ -105,7 +105,7 @@ impl Filter {
         self.0.split(|&b| b == b'.').all(|t| !is_wildcard(t))
     }
 
-    /// Whether `subject` (a valid subject) matches: [`matches`], with the common
+    /// Whether `subject` (a valid subject) matches: [`matches()`], with the common
     /// `literal.prefix.>` filter checked by one comparison, since this runs per message.
     pub fn matches(&self, subject: &[u8]) -> bool {
         match self.0.strip_suffix(b">") {

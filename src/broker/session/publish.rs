@@ -119,7 +119,7 @@ impl Session {
     /// Hands the appends parsed so far to the timeline writer, in one request, and wakes
     /// the connections this read's volatile messages were queued for. The connection calls
     /// it once it has applied every op of a read, before it waits for more; anything that
-    /// must come after the appends in the writer (see [`Session::in_order`]) calls it first.
+    /// must come after the appends in the writer (see `Session::in_order`) calls it first.
     pub async fn flush(&mut self) {
         self.wakes.wake();
         if self.appends.is_empty() {
