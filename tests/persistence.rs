@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use common::{Raw, TIMEOUT, TestServer, parse_ack};
-use eventline::config::{BrokerConfig, Config, FsyncPolicy, StoreConfig};
+use eventline::config::{BrokerConfig, Config, FsyncPolicy, ListenerConfig, StoreConfig};
 use eventline::subject::Filter;
 use futures::{FutureExt, StreamExt};
 
@@ -229,11 +229,11 @@ async fn a_publisher_subscribed_to_its_own_subject_gets_the_msg_before_the_ack()
 // 2. Restart on the same data directory
 // ---------------------------------------------------------------------------------------
 
-/// Publishes on a fresh log, stops, restarts on the same directory with `fsync`, and
-/// checks sequences, revisions and the dedup window carried over.
-async fn restart_continues_the_log(fsync: FsyncPolicy) {
+/// Publishes on a fresh log, stops, restarts on the same directory with `fsync` (and the
+/// rest of `config`), and checks sequences, revisions and the dedup window carried over.
+async fn restart_continues_the_log(fsync: FsyncPolicy, config: Config) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = Config { store: StoreConfig { fsync, ..StoreConfig::default() }, ..Config::default() };
+    let config = Config { store: StoreConfig { fsync, ..StoreConfig::default() }, ..config };
 
     let server = TestServer::start_in(dir.path(), config.clone()).await;
     let mut client = publisher(&server).await;
@@ -278,17 +278,29 @@ async fn restart_continues_the_log(fsync: FsyncPolicy) {
 
 #[tokio::test]
 async fn restart_continues_sequences_revisions_and_dedup_fsync_always() {
-    restart_continues_the_log(FsyncPolicy::Always).await;
+    restart_continues_the_log(FsyncPolicy::Always, Config::default()).await;
+}
+
+/// The write path answers and delivers the same without either of its wake-up savings (the
+/// writer's look before parking, direct socket writes), as it must for TLS connections.
+#[tokio::test]
+async fn restart_continues_the_log_without_writer_spin_or_direct_writes() {
+    let config = Config {
+        listener: ListenerConfig { direct_writes: false, ..ListenerConfig::default() },
+        broker: BrokerConfig { writer_spin: Duration::ZERO, ..BrokerConfig::default() },
+        ..Config::default()
+    };
+    restart_continues_the_log(FsyncPolicy::Always, config).await;
 }
 
 #[tokio::test]
 async fn restart_continues_sequences_revisions_and_dedup_fsync_never() {
-    restart_continues_the_log(FsyncPolicy::Never).await;
+    restart_continues_the_log(FsyncPolicy::Never, Config::default()).await;
 }
 
 #[tokio::test]
 async fn restart_continues_sequences_revisions_and_dedup_fsync_interval() {
-    restart_continues_the_log(FsyncPolicy::Interval(Duration::from_millis(20))).await;
+    restart_continues_the_log(FsyncPolicy::Interval(Duration::from_millis(20)), Config::default()).await;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -347,3 +347,58 @@ impl Outbound {
         *self.close_reason.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts wake-ups instead of waking anything.
+    #[derive(Default)]
+    struct Counted(AtomicUsize);
+
+    impl Wake for Counted {
+        fn wake(&self, _: &Outbound) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn push(outbound: &Arc<Outbound>, payload: &'static [u8], wakes: &mut Wakes) {
+        outbound.push_msg(b"s", b"1", None, None, &Bytes::from_static(payload), wakes);
+    }
+
+    #[test]
+    fn a_batch_of_pushes_wakes_its_writer_once_when_complete() {
+        let woken = Arc::new(Counted::default());
+        let outbound = Arc::new(Outbound::new(1 << 20, Some(Arc::clone(&woken) as Arc<dyn Wake>)));
+        let mut wakes = Wakes::default();
+        for _ in 0..3 {
+            push(&outbound, b"x", &mut wakes);
+        }
+        outbound.push_op(&ServerOp::Pong, &mut wakes);
+        assert_eq!(woken.0.load(Ordering::Relaxed), 0, "nothing woken while the batch is queued");
+        wakes.wake();
+        assert_eq!(woken.0.load(Ordering::Relaxed), 1, "one wake-up for the whole batch");
+        push(&outbound, b"y", &mut wakes);
+        drop(wakes);
+        assert_eq!(woken.0.load(Ordering::Relaxed), 1, "the queue was not empty: the writer is already due");
+    }
+
+    #[test]
+    fn write_now_never_overtakes_the_batch_the_writer_task_holds() {
+        let outbound = Arc::new(Outbound::new(1 << 20, None));
+        push(&outbound, b"x", &mut Wakes::default());
+        let mut batch = Pending::default();
+        outbound.take(&mut batch);
+        push(&outbound, b"y", &mut Wakes::default());
+        assert!(!outbound.write_now(|_| panic!("written while the writer task sends its batch")));
+        outbound.written(batch.len());
+        outbound.sent();
+        let mut written = Vec::new();
+        assert!(outbound.write_now(|bytes| {
+            written.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }));
+        assert_eq!(written, b"MSG s 1 1\r\ny\r\n");
+        assert!(!outbound.is_lagging());
+    }
+}
