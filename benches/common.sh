@@ -83,3 +83,32 @@ load_average() { uptime | sed 's/.*load average/load average/'; }
 
 # hwm PID: a process's peak resident memory, for the report's last line.
 hwm() { awk '/^VmHWM/ {printf "%.1f MiB", $2 / 1024}' "/proc/$1/status" 2>/dev/null || echo "?"; }
+
+# run <repeat> <case> <label> <bench arguments...>: one `eventline bench` run with --json; its
+# report is appended to $results (tab-separated: repeat, case, label, JSON) and one progress
+# line goes to stderr. A failed run is reported and left out. Needs results, REPEATS and
+# TIMEOUT_SECS set.
+run() {
+    local rep=$1 case=$2 label=$3 out
+    shift 3
+    if ! out=$("$bin" bench "$@" --timeout-secs "$TIMEOUT_SECS" --json); then
+        echo "run $rep/$REPEATS $case $label failed" >&2
+        return 0
+    fi
+    printf '%s\t%s\t%s\t%s\n' "$rep" "$case" "$label" "$out" >>"$results"
+    python3 - "$rep/$REPEATS" "$case" "$label" "$out" >&2 <<'EOF'
+import json, sys
+rep, case, label, out = sys.argv[1:5]
+r = json.loads(out)
+if r["mode"] == "apub":
+    l = r["ack_latency_us"] or {}
+    what = "%12.0f acks/s, ack p50 %.0f us, p99 %.0f us" % (r["msg_per_sec"], l.get("p50", 0), l.get("p99", 0))
+elif r["mode"] == "replay":
+    what = "load %.0f msg/s, replay %.0f msg/s, first after %.1f ms, live %.0f msg/s" % (
+        r["load"]["msg_per_sec"], r["msg_per_sec"], r["first_msg_ms"], (r.get("live") or {}).get("msg_per_sec", 0))
+else:
+    l = r["latency_us"] or {}
+    what = "p50 %.0f us, p99 %.0f us, lost %d" % (l.get("p50", 0), l.get("p99", 0), r["lost"])
+print("run %s %-11s %-16s %s" % (rep, case, label, what))
+EOF
+}

@@ -52,34 +52,6 @@ echo "# $SIZE B payloads; apub w=1 x $APUB_W1_COUNT, w=256 x $APUB_W256_COUNT; r
 
 results=$work/results.tsv
 : >"$results"
-# One progress line on stderr per run, from its JSON report.
-cat >"$work/progress.py" <<'EOF'
-import json, sys
-rep, case, label, out = sys.argv[1:5]
-r = json.loads(out)
-if r["mode"] == "apub":
-    l = r["ack_latency_us"] or {}
-    what = "%12.0f acks/s, ack p50 %.0f us, p99 %.0f us" % (r["msg_per_sec"], l.get("p50", 0), l.get("p99", 0))
-elif r["mode"] == "replay":
-    what = "load %.0f msg/s, replay %.0f msg/s, first after %.1f ms, live %.0f msg/s" % (
-        r["load"]["msg_per_sec"], r["msg_per_sec"], r["first_msg_ms"], (r.get("live") or {}).get("msg_per_sec", 0))
-else:
-    l = r["latency_us"] or {}
-    what = "p50 %.0f us, p99 %.0f us, lost %d" % (l.get("p50", 0), l.get("p99", 0), r["lost"])
-print("run %s %-9s %-16s %s" % (rep, case, label, what))
-EOF
-# run <repeat> <case> <server label> <bench arguments...>: one run, its JSON kept for the table.
-run() {
-    local rep=$1 case=$2 label=$3 out
-    shift 3
-    if ! out=$("$bin" bench "$@" --timeout-secs "$TIMEOUT_SECS" --json); then
-        echo "run $rep/$REPEATS $case $label failed" >&2
-        return 0
-    fi
-    printf '%s\t%s\t%s\t%s\n' "$rep" "$case" "$label" "$out" >>"$results"
-    python3 "$work/progress.py" "$rep/$REPEATS" "$case" "$label" "$out" >&2
-}
-
 common=(--size "$SIZE")
 for rep in $(seq "$REPEATS"); do
     # Alternate who goes first, so neither always runs on a warmer (or more loaded) machine.

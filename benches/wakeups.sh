@@ -48,18 +48,6 @@ echo "# $SIZE B payloads; apub w=1 x $APUB_COUNT per run; latency $LATENCY_COUNT
 
 results=$work/results.tsv
 : >"$results"
-# run <repeat> <case> <label> <bench arguments...>: one run, its JSON kept for the table.
-run() {
-    local rep=$1 case=$2 label=$3 out
-    shift 3
-    if ! out=$("$bin" bench "$@" --timeout-secs "$TIMEOUT_SECS" --json); then
-        echo "run $rep/$REPEATS $case $label failed" >&2
-        return 0
-    fi
-    printf '%s\t%s\t%s\t%s\n' "$rep" "$case" "$label" "$out" >>"$results"
-    echo "run $rep/$REPEATS $case $label done" >&2
-}
-
 common=(--size "$SIZE")
 for rep in $(seq "$REPEATS"); do
     # Rotate the order, so no variant always runs first (or last) on a shared machine.

@@ -70,6 +70,23 @@ pub struct Throughput {
     pub mb_per_sec: f64,
 }
 
+impl Throughput {
+    /// `msgs` messages carrying `bytes` of payload in all, moved in `time`.
+    pub fn of(msgs: u64, bytes: u64, time: Duration) -> Throughput {
+        Throughput {
+            msgs,
+            secs: time.as_secs_f64(),
+            msg_per_sec: per_sec(msgs, time),
+            mb_per_sec: mb(per_sec(bytes, time)),
+        }
+    }
+
+    /// One line of a human-readable report: `label`, the rates, then `what` moved.
+    pub fn line(&self, label: &str, what: &str) -> String {
+        format!("{label:<9} {:>12} msg/s {:>9.2} MB/s  ({what})\n", grouped(self.msg_per_sec), self.mb_per_sec)
+    }
+}
+
 /// One subscriber's count; its time runs from the start to its last message.
 #[derive(Debug, Serialize)]
 pub struct SubscriberReport {
@@ -169,12 +186,7 @@ pub async fn measure(args: &FanoutArgs) -> Result<FanoutReport, BenchError> {
         size: common.size,
         count: common.count,
         subject: args.subject.clone(),
-        publish: Throughput {
-            msgs: common.count,
-            secs: publish_time.as_secs_f64(),
-            msg_per_sec: per_sec(common.count, publish_time),
-            mb_per_sec: mb(per_sec(payload(common.count), publish_time)),
-        },
+        publish: Throughput::of(common.count, payload(common.count), publish_time),
         lost: per_subscriber.iter().map(|s| s.lost).sum(),
         per_subscriber,
         sub_msg_per_sec: Summary::of(&rates),
@@ -276,13 +288,7 @@ fn human(r: &FanoutReport) -> String {
         r.subject,
     );
     let p = &r.publish;
-    out += &format!(
-        "publish:  {:>12} msg/s {:>9.2} MB/s  ({} msgs in {:.3} s)\n",
-        grouped(p.msg_per_sec),
-        p.mb_per_sec,
-        grouped(p.msgs as f64),
-        p.secs
-    );
+    out += &p.line("publish:", &format!("{} msgs in {:.3} s", grouped(p.msgs as f64), p.secs));
     for (i, s) in r.per_subscriber.iter().enumerate() {
         out += &format!(
             "sub {:<4}  {:>12} msg/s {:>9.2} MB/s  ({} received, {} lost, last at {:.3} s)\n",

@@ -154,12 +154,7 @@ pub async fn measure(args: &ReplayArgs) -> Result<ReplayReport, BenchError> {
         subject: args.subject.clone(),
         size: common.size,
         count,
-        load: Throughput {
-            msgs: count,
-            secs: load_time.as_secs_f64(),
-            msg_per_sec: per_sec(count, load_time),
-            mb_per_sec: mb(per_sec(count * common.size as u64, load_time)),
-        },
+        load: Throughput::of(count, count * common.size as u64, load_time),
         replayed: counted.received,
         first_msg_ms: (first - started).as_secs_f64() * 1e3,
         secs: time.as_secs_f64(),
@@ -191,13 +186,7 @@ async fn follow(
     let start = Instant::now();
     fanout::publish(publisher, batch, frame_len, live).await?;
     let counted = counting.await.map_err(|e| BenchError::Usage(format!("the live count failed: {e}")))??;
-    let time = counted.last - start;
-    Ok(Throughput {
-        msgs: counted.received,
-        secs: time.as_secs_f64(),
-        msg_per_sec: per_sec(counted.received, time),
-        mb_per_sec: mb(per_sec(counted.bytes, time)),
-    })
+    Ok(Throughput::of(counted.received, counted.bytes, counted.last - start))
 }
 
 /// Waits for eventline's caught-up marker.
@@ -317,29 +306,14 @@ fn human(r: &ReplayReport) -> String {
         r.subject
     );
     let l = &r.load;
-    out += &format!(
-        "load:   {:>12} msg/s {:>9.2} MB/s  ({} plain PUBs stored in {:.3} s)\n",
-        grouped(l.msg_per_sec),
-        l.mb_per_sec,
-        grouped(l.msgs as f64),
-        l.secs
-    );
-    out += &format!(
-        "replay: {:>12} msg/s {:>9.2} MB/s  ({} events in {:.3} s, first after {:.2} ms)\n",
-        grouped(r.msg_per_sec),
-        r.mb_per_sec,
-        grouped(r.replayed as f64),
-        r.secs,
-        r.first_msg_ms
-    );
+    out += &l.line("load:", &format!("{} plain PUBs stored in {:.3} s", grouped(l.msgs as f64), l.secs));
+    let replay = Throughput { msgs: r.replayed, secs: r.secs, msg_per_sec: r.msg_per_sec, mb_per_sec: r.mb_per_sec };
+    let what =
+        format!("{} events in {:.3} s, first after {:.2} ms", grouped(r.replayed as f64), r.secs, r.first_msg_ms);
+    out += &replay.line("replay:", &what);
     if let Some(l) = &r.live {
-        out += &format!(
-            "live:   {:>12} msg/s {:>9.2} MB/s  ({} events published after the replay, in {:.3} s)\n",
-            grouped(l.msg_per_sec),
-            l.mb_per_sec,
-            grouped(l.msgs as f64),
-            l.secs
-        );
+        let what = format!("{} events published after the replay, in {:.3} s", grouped(l.msgs as f64), l.secs);
+        out += &l.line("live:", &what);
     }
     out
 }
@@ -369,7 +343,7 @@ mod tests {
         assert!(text.contains("JetStream push consumer"), "{text}");
         assert!(text.contains("2,000 msg/s"), "{text}");
         assert!(text.contains("first after 1.50 ms"), "{text}");
-        assert!(text.contains("live:          1,000 msg/s"), "{text}");
+        assert!(text.contains("live:            1,000 msg/s"), "{text}");
         let json = serde_json::to_value(&report).expect("json");
         assert_eq!(json["target"], "jetstream");
         assert_eq!(json["load"]["msg_per_sec"], 2000.0);
