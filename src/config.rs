@@ -171,7 +171,8 @@ pub const DEFAULT_RECENT_BYTES: usize = 8 * 1024 * 1024;
 /// acknowledgement sends its next publish about one round trip after the last answer, and
 /// waking a parked thread costs about as much again on a virtual machine whose idle CPUs
 /// halt (50-100 µs on a 2-core VM); an idle server parks after one such look. Measured by
-/// `benches/wakeups.sh`.
+/// `benches/wakeups.sh`: without it, window-1 acks fall to 0.55x under `never` and 0.87x
+/// under `always`.
 pub const DEFAULT_WRITER_SPIN: Duration = Duration::from_micros(100);
 
 impl Default for BrokerConfig {

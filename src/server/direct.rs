@@ -6,7 +6,9 @@
 //! of a runtime worker, tens of microseconds on a virtual machine whose idle CPUs halt; a
 //! non-blocking write of what fits in the socket buffer costs less. Whatever the socket
 //! does not take, and anything queued while the writer task is busy, goes to the task as
-//! usual. Only for plain TCP: a TLS stream cannot be written from two places.
+//! usual. Only for plain TCP: a TLS stream cannot be written from two places. Measured by
+//! `benches/wakeups.sh`: without it, window-1 acks fall to 0.77x under `never` and 0.90x
+//! under `always`, and the stored-delivery p99 at 10 k msg/s rises by a quarter.
 
 use std::io::Write;
 use std::net::TcpStream;
