@@ -76,7 +76,7 @@ pub(crate) trait Publisher: Send + Sync {
     /// path goes on.
     fn paced_by(&self, subscriber: Arc<Outbound>);
 
-    /// One of its appends is answered.
+    /// One of its appends is answered (or one of its calls has run).
     fn done(&self);
 }
 

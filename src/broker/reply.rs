@@ -27,7 +27,7 @@ pub(super) struct Replies {
     /// A subscriber this client's messages pushed lagging (see `LAGGING_AT_MOST`), for the
     /// connection to pause on before it reads more.
     lagging: Mutex<Option<Arc<Outbound>>>,
-    /// Appends handed to the timeline writer and not yet answered.
+    /// Appends and calls handed to the timeline writer and not yet answered or run.
     in_flight: AtomicUsize,
 }
 
@@ -47,12 +47,13 @@ impl Replies {
         self.echo.store(echo, Ordering::Relaxed);
     }
 
-    /// Counts an append handed to the writer; [`Publisher::done`] counts it answered.
+    /// Counts an append (or a call) handed to the writer; [`Publisher::done`] counts it
+    /// answered (or run).
     pub(super) fn begin(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Whether every append handed to the writer is answered.
+    /// Whether everything handed to the writer is answered or run.
     pub(super) fn settled(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0
     }

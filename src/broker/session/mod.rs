@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio_util::sync::DropGuard;
 
-use super::append::{Append, Request};
+use super::append::{Append, Publisher, Request};
 use super::outbound::{Outbound, Wakes};
 use super::reply::Replies;
 use super::{Broker, BrokerError, Subscription};
@@ -195,12 +195,19 @@ impl Session {
     /// `PUB` then `SUB` does not. With nothing in flight it runs at once.
     async fn in_order(&mut self, action: impl FnOnce() + Send + 'static) {
         self.flush().await;
-        let action: Box<dyn FnOnce() + Send> = Box::new(action);
         if self.replies.settled() {
             return action();
         }
-        if let Err(Request::Call(action)) = self.broker.timeline.send(Request::Call(action)).await {
+        // Counted in flight like an append, so that what follows it waits for it too: the
+        // append before it may be answered a moment (or a batch) before it runs.
+        self.replies.begin();
+        let replies = Arc::clone(&self.replies);
+        let call: Box<dyn FnOnce() + Send> = Box::new(move || {
             action();
+            replies.done();
+        });
+        if let Err(Request::Call(call)) = self.broker.timeline.send(Request::Call(call)).await {
+            call();
         }
     }
 }
@@ -212,5 +219,68 @@ impl Drop for Session {
         for subscription in self.subscriptions.values() {
             self.broker.router.unsubscribe(subscription);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::Pending;
+    use crate::config::{Config, FsyncPolicy, StoreConfig};
+    use crate::protocol::{Pub, PublishOptions};
+
+    /// Queues a call that holds the writer until the returned sender is used or dropped;
+    /// the receiver resolves once the writer is held.
+    async fn hold(broker: &Broker) -> (std::sync::mpsc::Sender<()>, tokio::sync::oneshot::Receiver<()>) {
+        let (entered, writer_held) = tokio::sync::oneshot::channel();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let call = move || {
+            let _ = entered.send(());
+            let _ = held.recv();
+        };
+        assert!(broker.timeline.send(Request::Call(Box::new(call))).await.is_ok(), "the writer takes calls");
+        (release, writer_held)
+    }
+
+    /// Everything queued for the client so far, as text.
+    fn sent(outbound: &Outbound) -> String {
+        let mut pending = Pending::default();
+        outbound.take(&mut pending);
+        outbound.sent();
+        String::from_utf8_lossy(&pending.encoded).into_owned()
+    }
+
+    /// `APUB` then `SUB` then `PING`: the `SUB` waits in the writer behind the publish, and
+    /// the `PONG` must wait for the `SUB` even once the publish is answered, or the client
+    /// would be told its subscription is in place before it is.
+    #[tokio::test]
+    async fn an_op_waits_for_a_call_still_queued_after_its_publish_was_answered() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let store = StoreConfig { fsync: FsyncPolicy::Never, ..StoreConfig::new(dir.path()) };
+        let broker = Arc::new(Broker::start(Config { store, ..Config::default() }, Default::default()).expect("starts"));
+        let outbound = Arc::new(Outbound::new(1 << 20, None));
+        let mut session = Session::new(Arc::clone(&broker), Arc::clone(&outbound), |id| broker.info(id, "h", 1, None));
+        let quiet = Connect { verbose: false, pedantic: false, ..Connect::default() };
+        session.handle(ClientOp::Connect(Box::new(quiet))).await.expect("connects");
+        sent(&outbound);
+
+        let (release_first, first_held) = hold(&broker).await;
+        first_held.await.expect("the writer is held");
+        let message = Pub { subject: Bytes::from_static(b"a"), reply: None, headers: None, payload: Bytes::new() };
+        session.handle(ClientOp::Apub(message, Ok(PublishOptions::default()))).await.expect("publishes");
+        session.flush().await;
+        // A second hold, so that the writer stops between the publish and the SUB's call.
+        let (release_second, second_held) = hold(&broker).await;
+        let sub = ClientOp::Sub { subject: Bytes::from_static(b"v"), queue: None, sid: Bytes::from_static(b"1") };
+        session.handle(sub).await.expect("subscribes");
+        release_first.send(()).expect("the writer waits");
+        second_held.await.expect("the writer is held again, the publish answered");
+
+        session.handle(ClientOp::Ping).await.expect("pings");
+        assert_eq!(sent(&outbound), "+ACK seq=1 rev=1\r\n", "no PONG before the SUB is in place");
+        drop(release_second);
+        session.settle().await;
+        assert_eq!(sent(&outbound), "PONG\r\n");
+        assert_eq!(broker.router.matches(b"v").plain.len(), 1, "the subscription is in place");
     }
 }
