@@ -551,7 +551,10 @@ async fn bad_starts_are_refused_and_the_connection_stays_open() {
     let server = TestServer::start().await;
     let mut raw = Raw::with_headers(server.addr).await;
     assert_eq!(raw.apub("a.x", "one").await, 1);
-    assert_eq!(raw.apub("a.x", "two").await, 2);
+    // A refusal comes after the answers to the publishes sent before it.
+    raw.send("APUB a.x 3\r\ntwo\r\nSUB a.> 1 FROM soon\r\n").await;
+    let refusal = "-NAK 'invalid start position soon: expected a sequence, an RFC 3339 time, last or new'";
+    raw.expect_lines(&["+ACK seq=2 rev=2", refusal]).await;
     raw.send("SUB a.> 1 FROM yesterday\r\n").await;
     raw.expect("-NAK 'invalid start position yesterday: expected a sequence, an RFC 3339 time, last or new'").await;
     raw.send("SUB a.> 1 FROM 4\r\n").await;

@@ -181,6 +181,11 @@ async fn hpub_without_headers_in_connect_is_refused() {
     // Before any CONNECT, and after one that does not ask for headers.
     assert_refused_and_closed(server.addr, None, input, "message headers not supported").await;
     assert_refused_and_closed(server.addr, QUIET, input, "message headers not supported").await;
+    // `$EL.` requests are HPUBs like any other, whichever request the subject names.
+    for subject in ["$EL.PUB.orders.1 _INBOX.r", "$EL.SUB _INBOX.r", "$EL.LAST.orders.1 _INBOX.r"] {
+        let input = format!("HPUB {subject} 12 14\r\nNATS/1.0\r\n\r\nhi\r\n");
+        assert_refused_and_closed(server.addr, QUIET, input.as_bytes(), "message headers not supported").await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ use super::append::{Answer, Outcome, Publisher, Stored};
 use super::outbound::{Outbound, Wakes};
 use super::router::Router;
 use crate::protocol::{Pub, Refusal, ServerOp, api};
+use crate::subject::Filter;
 
 /// The status header nats-server sends to a requester when nobody listens on the subject.
 const NO_RESPONDERS_HEADER: &[u8] = b"NATS/1.0 503\r\n\r\n";
@@ -80,8 +81,19 @@ impl Replies {
         self.outbound.push_op(&ServerOp::Nak(refusal.clone()), wakes);
     }
 
+    /// A refused `$EL.` request: JSON on its reply subject.
+    pub(super) fn refuse_json(&self, reply: &Bytes, refusal: &Refusal, wakes: &mut Wakes) {
+        self.json(reply, api::refused(refusal), wakes);
+    }
+
+    /// A started `$EL.SUB`: JSON on its reply subject; the events follow on the deliver
+    /// subscription.
+    pub(super) fn subscribed(&self, reply: &Bytes, filter: &Filter, head: u64, wakes: &mut Wakes) {
+        self.json(reply, api::subscribed(filter, head), wakes);
+    }
+
     /// A `$EL.` answer: JSON published on the request's reply subject.
-    pub(super) fn json(&self, reply: &Bytes, body: Bytes, wakes: &mut Wakes) {
+    fn json(&self, reply: &Bytes, body: Bytes, wakes: &mut Wakes) {
         let answer = Pub { subject: reply.clone(), reply: None, headers: None, payload: body };
         self.router.route(&answer, None, wakes);
     }

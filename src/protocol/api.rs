@@ -22,8 +22,16 @@ pub const LAST: &[u8] = b"$EL.LAST.";
 /// A decoded `$EL.` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiRequest {
-    /// Store this message (its subject is the one after `$EL.PUB.`).
-    Publish(Pub),
+    /// Store `message` (its subject is the one after `$EL.PUB.`); the answer goes to
+    /// `reply`, if there is one.
+    Publish { message: Pub, reply: Option<Bytes> },
+    /// Read the log; the answers go to `reply`.
+    Read { read: ApiRead, reply: Bytes },
+}
+
+/// The `$EL.` requests that read the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiRead {
     Subscribe(Result<Subscribe, Refusal>),
     Fetch(Result<Query, Refusal>),
     /// The last event of this subject.
@@ -38,14 +46,15 @@ impl ApiRequest {
         let subject = &message.subject;
         if let Some(stored) = subject.strip_prefix(PUBLISH) {
             let stored = Pub { subject: subject.slice_ref(stored), reply: None, ..message.clone() };
-            return Some(ApiRequest::Publish(stored));
+            return Some(ApiRequest::Publish { message: stored, reply: message.reply.clone() });
         }
-        message.reply.as_ref()?;
-        match &subject[..] {
-            SUBSCRIBE => Some(ApiRequest::Subscribe(Subscribe::from_json(&message.payload))),
-            FETCH => Some(ApiRequest::Fetch(Query::from_json(&message.payload))),
-            _ => subject.strip_prefix(LAST).map(|last_of| ApiRequest::Last(subject.slice_ref(last_of))),
-        }
+        let reply = message.reply.clone()?;
+        let read = match &subject[..] {
+            SUBSCRIBE => ApiRead::Subscribe(Subscribe::from_json(&message.payload)),
+            FETCH => ApiRead::Fetch(Query::from_json(&message.payload)),
+            _ => ApiRead::Last(subject.slice_ref(subject.strip_prefix(LAST)?)),
+        };
+        Some(ApiRequest::Read { read, reply })
     }
 }
 
@@ -88,11 +97,17 @@ mod tests {
 
     #[test]
     fn decodes_each_request_and_leaves_other_subjects_alone() {
-        let Some(ApiRequest::Publish(stored)) = request("$EL.PUB.orders.1", None, "x") else { panic!("a publish") };
-        assert_eq!((&stored.subject[..], stored.reply), (&b"orders.1"[..], None));
-        assert!(matches!(request("$EL.SUB", Some("r"), "{}"), Some(ApiRequest::Subscribe(Err(_)))));
-        assert!(matches!(request("$EL.FETCH", Some("r"), r#"{"filters":["a"]}"#), Some(ApiRequest::Fetch(Ok(_)))));
-        assert_eq!(request("$EL.LAST.a.b", Some("r"), ""), Some(ApiRequest::Last(Bytes::from_static(b"a.b"))));
+        let Some(ApiRequest::Publish { message, reply: None }) = request("$EL.PUB.orders.1", None, "x") else {
+            panic!("a publish")
+        };
+        assert_eq!((&message.subject[..], message.reply), (&b"orders.1"[..], None));
+        let read = |subject, payload| match request(subject, Some("r"), payload) {
+            Some(ApiRequest::Read { read, reply }) if reply == "r" => Some(read),
+            _ => None,
+        };
+        assert!(matches!(read("$EL.SUB", "{}"), Some(ApiRead::Subscribe(Err(_)))));
+        assert!(matches!(read("$EL.FETCH", r#"{"filters":["a"]}"#), Some(ApiRead::Fetch(Ok(_)))));
+        assert_eq!(read("$EL.LAST.a.b", ""), Some(ApiRead::Last(Bytes::from_static(b"a.b"))));
         assert_eq!(request("$EL.SUB", None, "{}"), None, "no reply: a plain message");
         assert_eq!(request("$EL.OTHER", Some("r"), ""), None);
     }

@@ -48,7 +48,7 @@ impl Decoder for ClientCodec {
                     .then(|| ApiRequest::decode(&message))
                     .flatten();
                 match request {
-                    Some(request) => ClientOp::Request { request, reply: message.reply },
+                    Some(request) => ClientOp::Request { request, headers: message.headers.is_some() },
                     None => ClientOp::Pub(message),
                 }
             }

@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::Refusal;
 use super::headers;
+use crate::config::DEFAULT_QUERY_LIMIT;
 use crate::subject::Filter;
 
 /// Conditions and identity of a stored publish, from `APUB` options or from headers
@@ -161,9 +162,6 @@ pub struct Query {
     pub until: Option<u64>,
     pub limit: u64,
 }
-
-/// Results a query returns at most when it names no limit.
-pub const DEFAULT_QUERY_LIMIT: u64 = 10_000;
 
 impl Query {
     /// `FETCH` arguments: comma-separated filters and `from-seq=A to-seq=B since=T until=T

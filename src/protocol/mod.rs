@@ -21,9 +21,9 @@ mod refusal;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-pub use api::ApiRequest;
+pub use api::{ApiRead, ApiRequest};
 pub use error::{ProtocolError, Usage};
-pub use extension::{CatchUp, DEFAULT_QUERY_LIMIT, PublishOptions, Query, Start, Subscribe, Unchanged};
+pub use extension::{CatchUp, PublishOptions, Query, Start, Subscribe, Unchanged};
 pub use refusal::Refusal;
 
 /// Longest control line (the op line without its payload), as nats-server's `MAX_CONTROL_LINE_SIZE`.
@@ -58,10 +58,10 @@ pub enum ClientOp {
         sid: Bytes,
         query: Result<Query, Refusal>,
     },
-    /// A `PUB` on a `$EL.` request subject (see [`api`]), with the message's reply subject.
+    /// A `PUB` or `HPUB` (`headers`) on a `$EL.` request subject (see [`api`]).
     Request {
         request: ApiRequest,
-        reply: Option<Bytes>,
+        headers: bool,
     },
 }
 

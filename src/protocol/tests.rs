@@ -9,8 +9,8 @@ use super::client::{Delivery, Received, ServerCodec};
 use super::codec::ClientCodec;
 use super::parse::parse_client_op;
 use super::{
-    ApiRequest, CatchUp, ClientOp, Connect, Extensions, Info, MAX_CONTROL_LINE, ProtocolError, Pub, PublishOptions,
-    Query, Refusal, ServerOp, Start, Usage, encode,
+    ApiRead, ApiRequest, CatchUp, ClientOp, Connect, Extensions, Info, MAX_CONTROL_LINE, ProtocolError, Pub,
+    PublishOptions, Query, Refusal, ServerOp, Start, Usage, encode,
 };
 use crate::config::DEFAULT_MAX_PAYLOAD;
 use crate::subject::{Filter, SubjectError};
@@ -178,18 +178,19 @@ fn catalogue() -> Vec<(Vec<u8>, ClientOp)> {
         (
             b"PUB $EL.PUB.orders.1 r 2\r\nhi\r\n".to_vec(),
             ClientOp::Request {
-                request: ApiRequest::Publish(Pub {
-                    subject: b(b"orders.1"),
-                    reply: None,
-                    headers: None,
-                    payload: b(b"hi"),
-                }),
-                reply: Some(b(b"r")),
+                request: ApiRequest::Publish {
+                    message: Pub { subject: b(b"orders.1"), reply: None, headers: None, payload: b(b"hi") },
+                    reply: Some(b(b"r")),
+                },
+                headers: false,
             },
         ),
         (
-            b"PUB $EL.LAST.orders.1 r 0\r\n\r\n".to_vec(),
-            ClientOp::Request { request: ApiRequest::Last(b(b"orders.1")), reply: Some(b(b"r")) },
+            b"HPUB $EL.LAST.orders.1 r 12 12\r\nNATS/1.0\r\n\r\n\r\n".to_vec(),
+            ClientOp::Request {
+                request: ApiRequest::Read { read: ApiRead::Last(b(b"orders.1")), reply: b(b"r") },
+                headers: true,
+            },
         ),
         // Not a request: no reply subject, or an invalid subject.
         (b"PUB $EL.SUB 0\r\n\r\n".to_vec(), publish(b"$EL.SUB", None, None, b"")),

@@ -6,12 +6,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::Session;
-use crate::broker::BrokerError;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::catchup::{self, Sink};
 use crate::broker::outbound::Wakes;
-use crate::protocol::{ApiRequest, CatchUp as CatchUpRequest, Query, Refusal, Start, Subscribe, api};
+use crate::protocol::{ApiRead, ApiRequest, CatchUp as CatchUpRequest, Query, Refusal, Start, Subscribe};
 use crate::subject::Filter;
 
 impl Session {
@@ -25,30 +24,28 @@ impl Session {
             }
             Err(refusal) => Err(refusal),
         };
-        self.refuse(started.err())
+        self.refuse(started.err()).await
     }
 
     /// `FETCH <sid> <filters> [options]`; returns whether to `+OK` in verbose mode.
     pub(super) async fn fetch_verb(&mut self, sid: Bytes, query: Result<Query, Refusal>) -> bool {
         self.settle().await;
         let sink = Sink { outbound: Arc::clone(&self.outbound), sid };
-        // The end status goes out on the filters, as typed.
+        // The end status goes out on the filters, joined with commas as they were sent.
         let end =
             |query: &Query| Bytes::from(query.filters.iter().map(Filter::as_bytes).collect::<Vec<_>>().join(&b","[..]));
         let started = query.map(|query| self.fetch(end(&query), query, sink));
-        self.refuse(started.err())
+        self.refuse(started.err()).await
     }
 
     /// Answers an extension verb that failed with `-NAK '<reason>'` (the connection stays
-    /// open); returns whether to `+OK` in verbose mode.
-    fn refuse(&self, refusal: Option<Refusal>) -> bool {
-        match refusal {
-            Some(refusal) => {
-                self.replies.nak(&refusal, &mut Wakes::default());
-                false
-            }
-            None => true,
-        }
+    /// open), after the answers to this client's earlier publishes; returns whether to
+    /// `+OK` in verbose mode.
+    async fn refuse(&mut self, refusal: Option<Refusal>) -> bool {
+        let Some(refusal) = refusal else { return true };
+        let replies = Arc::clone(&self.replies);
+        self.in_order(move || replies.nak(&refusal, &mut Wakes::default())).await;
+        false
     }
 
     /// Starts a catch-up subscription delivering to `sink`, its caught-up marker on `marker`.
@@ -73,51 +70,46 @@ impl Session {
         tokio::spawn(catchup::fetch(self.broker.log.clone(), query, sink, end));
     }
 
-    /// A `$EL.` request from a NATS client library. Answers go to `reply`: JSON for
-    /// `$EL.PUB`, `$EL.SUB` and refusals; events and an end status for `$EL.FETCH` and
-    /// `$EL.LAST.<subject>` (on the requester's subscription to `reply`).
-    pub(super) async fn api_request(&mut self, request: ApiRequest, reply: Option<Bytes>) -> Result<(), BrokerError> {
+    /// A `$EL.` request from a NATS client library. Answers go to its reply subject: JSON
+    /// for `$EL.PUB`, `$EL.SUB` and refusals; events and an end status for `$EL.FETCH` and
+    /// `$EL.LAST.<subject>` (on the requester's subscription to the reply subject).
+    pub(super) async fn api_request(&mut self, request: ApiRequest) {
         // nats-server acknowledges a `PUB` before routing it, whatever its subject.
         self.acknowledge();
-        let (request, reply) = match (request, reply) {
-            (ApiRequest::Publish(message), reply) => return self.publish_requested(message, reply).await,
-            (request, Some(reply)) => (request, reply),
-            // The codec makes the other requests only from messages with a reply.
-            (_, None) => return Ok(()),
+        let (read, reply) = match request {
+            ApiRequest::Publish { message, reply } => return self.publish_requested(message, reply).await,
+            ApiRequest::Read { read, reply } => (read, reply),
         };
         // The answer must find the requester's reply subscription, which may still be
-        // waiting behind its own stored publishes; and a query must see those publishes.
+        // waiting behind its own stored publishes; and a read must see those publishes.
         self.settle().await;
-        let answered = match request {
-            ApiRequest::Publish(_) => Ok(None),
-            ApiRequest::Subscribe(request) => match request {
-                Ok(request) => self.api_subscribe(request).await.map(Some),
+        let started = match read {
+            ApiRead::Subscribe(request) => match request {
+                Ok(request) => self.api_subscribe(request, &reply).await,
                 Err(refusal) => Err(refusal),
             },
-            ApiRequest::Fetch(query) => query
-                .and_then(|query| self.sink_for(&reply).map(|sink| self.fetch(reply.clone(), query, sink)))
-                .map(|()| None),
-            ApiRequest::Last(last_of) => self.sink_for(&reply).map(|sink| {
+            ApiRead::Fetch(query) => query.and_then(|query| {
+                let sink = self.sink_for(&reply)?;
+                self.fetch(reply.clone(), query, sink);
+                Ok(())
+            }),
+            ApiRead::Last(last_of) => self.sink_for(&reply).map(|sink| {
                 tokio::spawn(catchup::last(self.broker.log.clone(), last_of, sink, reply.clone()));
-                None
             }),
         };
-        let body = match answered {
-            Ok(Some(answer)) => answer,
-            Ok(None) => return Ok(()),
-            Err(refusal) => api::refused(&refusal),
-        };
-        self.replies.json(&reply, body, &mut Wakes::default());
-        Ok(())
+        if let Err(refusal) = started {
+            self.replies.refuse_json(&reply, &refusal, &mut Wakes::default());
+        }
     }
 
     /// `$EL.SUB`: a catch-up subscription delivering on the requester's subscription to
-    /// the request's `deliver` subject.
-    async fn api_subscribe(&mut self, request: Subscribe) -> Result<Bytes, Refusal> {
+    /// the request's `deliver` subject, answered on `reply` once started.
+    async fn api_subscribe(&mut self, request: Subscribe, reply: &Bytes) -> Result<(), Refusal> {
         let sink = self.sink_for(&request.deliver)?;
         let filter = request.catch_up.filter.clone();
         self.catch_up(request.catch_up, sink, request.deliver).await?;
-        Ok(api::subscribed(&filter, self.broker.head()))
+        self.replies.subscribed(reply, &filter, self.broker.head(), &mut Wakes::default());
+        Ok(())
     }
 
     /// Delivery to this client's own subscription on `subject`.

@@ -106,8 +106,11 @@ impl Session {
                 self.publish_acknowledged(message, options).await;
                 false
             }
-            ClientOp::Request { request, reply } => {
-                self.api_request(request, reply).await?;
+            ClientOp::Request { request, headers } => {
+                if headers && !self.options.headers {
+                    return Err(BrokerError::HeadersNotSupported);
+                }
+                self.api_request(request).await;
                 false
             }
             ClientOp::CatchUp { sid, catch_up } => self.catch_up_verb(sid, catch_up).await,
@@ -179,6 +182,7 @@ impl Session {
     /// delivered, so a replay or query it sends next sees its own earlier publishes.
     async fn settle(&mut self) {
         if self.replies.settled() {
+            self.wakes.wake();
             return;
         }
         let (done, settled) = tokio::sync::oneshot::channel();
@@ -257,7 +261,8 @@ mod tests {
     async fn an_op_waits_for_a_call_still_queued_after_its_publish_was_answered() {
         let dir = tempfile::TempDir::new().expect("temp dir");
         let store = StoreConfig { fsync: FsyncPolicy::Never, ..StoreConfig::new(dir.path()) };
-        let broker = Arc::new(Broker::start(Config { store, ..Config::default() }, Default::default()).expect("starts"));
+        let broker =
+            Arc::new(Broker::start(Config { store, ..Config::default() }, Default::default()).expect("starts"));
         let outbound = Arc::new(Outbound::new(1 << 20, None));
         let mut session = Session::new(Arc::clone(&broker), Arc::clone(&outbound), |id| broker.info(id, "h", 1, None));
         let quiet = Connect { verbose: false, pedantic: false, ..Connect::default() };

@@ -56,11 +56,9 @@ impl Session {
     }
 
     /// `$EL.PUB.<subject>`: stored, then answered with JSON on `reply`, if any.
-    pub(super) async fn publish_requested(&mut self, message: Pub, reply: Option<Bytes>) -> Result<(), BrokerError> {
-        self.check_headers(&message)?;
+    pub(super) async fn publish_requested(&mut self, message: Pub, reply: Option<Bytes>) {
         let options = self.storable(&message).and_then(|()| message.publish_options());
         self.store(message, options, reply.map_or(Answer::Nothing, Answer::Json)).await;
-        Ok(())
     }
 
     /// `HPUB` needs a `CONNECT` that enabled headers, as in nats-server.
