@@ -241,11 +241,12 @@ impl Outbound {
     }
 
     /// Sends what is queued with `write` (a non-blocking write returning how many bytes it
-    /// took) if the writer task is idle and nothing queued is a shared payload; returns
-    /// whether everything went out. For a [`Wake`] that writes to an idle socket itself.
+    /// took) if the writer task is idle, the connection is not closing (its writer task
+    /// decides what still goes out) and nothing queued is a shared payload; returns whether
+    /// everything went out. For a [`Wake`] that writes to an idle socket itself.
     pub fn write_now(&self, mut write: impl FnMut(&[u8]) -> std::io::Result<usize>) -> bool {
         let mut queue = self.lock_queue();
-        if queue.writing || !queue.pending.shared.is_empty() {
+        if queue.writing || self.is_closed() || !queue.pending.shared.is_empty() {
             return queue.pending.is_empty();
         }
         let pending = &mut queue.pending;

@@ -148,7 +148,8 @@ fn protocol_failure(error: &ProtocolError, outbound: &Arc<Outbound>) -> CloseRea
 }
 
 /// Sends what fan-out queues, many messages per write, until the connection closes. A
-/// write that makes no progress for `deadline` cuts the connection as a slow consumer.
+/// write that makes no progress for `deadline` (a piece of [`WRITE_PIECE`] bytes not taken
+/// by the socket in that time) cuts the connection as a slow consumer.
 async fn write_loop(mut write: OwnedWriteHalf, outbound: Arc<Outbound>, deadline: Duration) {
     let mut batch = Pending::default();
     loop {
@@ -166,7 +167,7 @@ async fn write_loop(mut write: OwnedWriteHalf, outbound: Arc<Outbound>, deadline
         let limit = if outbound.is_closed() { FLUSH_GRACE } else { deadline };
         let mut released = 0;
         let sent = {
-            let sending = tokio::time::timeout(limit, send(&mut write, &batch, &outbound, &mut released));
+            let sending = send(&mut write, &batch, &outbound, &mut released, limit);
             tokio::pin!(sending);
             loop {
                 tokio::select! {
@@ -176,7 +177,7 @@ async fn write_loop(mut write: OwnedWriteHalf, outbound: Arc<Outbound>, deadline
                 // A slow consumer is cut while its writer is still blocked on the socket; any
                 // other close lets the batch finish, so the stream is never cut mid-message.
                 if !outbound.close_reason().is_some_and(CloseReason::flushes) {
-                    break Ok(Ok(()));
+                    break Ok(());
                 }
             }
         };
@@ -185,9 +186,9 @@ async fn write_loop(mut write: OwnedWriteHalf, outbound: Arc<Outbound>, deadline
         batch.clear();
         outbound.sent();
         match sent {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => outbound.close(CloseReason::WriteError),
-            Err(_) => outbound.close(CloseReason::SlowConsumer),
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => outbound.close(CloseReason::SlowConsumer),
+            Err(_) => outbound.close(CloseReason::WriteError),
         }
         if closing || outbound.close_reason().is_some_and(|reason| !reason.flushes()) {
             break;
@@ -199,25 +200,27 @@ async fn write_loop(mut write: OwnedWriteHalf, outbound: Arc<Outbound>, deadline
 /// Writes one batch: the encoded bytes, with the shared large payloads in their places,
 /// in pieces of at most [`WRITE_PIECE`] bytes, each released from the pending bound as soon
 /// as it is written (as nats-server counts pending bytes), so a subscriber that keeps
-/// reading is never judged on bytes it already received.
+/// reading is never judged on bytes it already received. A piece the socket does not take
+/// within `limit` fails the send with `TimedOut`.
 async fn send(
     write: &mut OwnedWriteHalf,
     batch: &Pending,
     outbound: &Outbound,
     released: &mut usize,
+    limit: Duration,
 ) -> std::io::Result<()> {
     let mut written = 0;
-    let shared = batch.shared.iter().map(|(offset, payload)| (*offset, Some(payload)));
-    for (offset, payload) in shared.chain([(batch.encoded.len(), None)]) {
-        for piece in batch.encoded[written..offset].chunks(WRITE_PIECE) {
-            write.write_all(piece).await?;
+    let shared = batch.shared.iter().map(|(offset, payload)| (*offset, &payload[..]));
+    for (offset, payload) in shared.chain([(batch.encoded.len(), &[][..])]) {
+        for piece in batch.encoded[written..offset].chunks(WRITE_PIECE).chain(payload.chunks(WRITE_PIECE)) {
+            match tokio::time::timeout(limit, write.write_all(piece)).await {
+                Ok(result) => result?,
+                Err(_) => {
+                    return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no progress within the deadline"));
+                }
+            }
             outbound.written(piece.len());
             *released += piece.len();
-        }
-        if let Some(payload) = payload {
-            write.write_all(payload).await?;
-            outbound.written(payload.len());
-            *released += payload.len();
         }
         written = offset;
     }
