@@ -1,9 +1,10 @@
 //! Every setting of the server in one place, grouped by what it governs: the listener,
 //! the limits each connection is held to, the event log, and the broker. Each default is a
 //! named constant here, and so is every tuning constant of the layers above `subject` (the
-//! tuning section at the end), each documented with why it has its value; the subscription
-//! trie's cache bounds stay with the trie, below this module. A configuration file will
-//! load into [`Config`]; today the `serve` flags do.
+//! tuning section at the end), each documented with why it has its value. Two kinds stay
+//! where they are: the subscription trie's cache bounds (the trie is below this module)
+//! and limits that are part of a format (a run's event count, bound by its `u16`
+//! offsets). A configuration file will load into [`Config`]; today the `serve` flags do.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -238,6 +239,8 @@ pub const WRITER_SUBJECT_CACHE: usize = 100_000;
 /// writer waits too, so a slow disk holds publishers back instead of piling batches up.
 pub const FINISHER_QUEUE_HANDOFFS: usize = 8;
 
+/// Results a query returns at most when it names no limit (protocol.md says so).
+pub const DEFAULT_QUERY_LIMIT: u64 = 10_000;
 /// Events a reader (catch-up, query) reads per step.
 pub const READER_CHUNK: usize = 512;
 /// Events one store scan examines before it returns, matching or not, so that a selective

@@ -1,7 +1,8 @@
 //! The second half of the write path: a committed batch is made visible (the head moves),
 //! fanned out live in sequence order, and answered. Under `--fsync always` this runs on
-//! the finisher thread once the write-ahead log's fsync covers the batch; otherwise on the
-//! writer thread right after the commit.
+//! the finisher thread once the write-ahead log's fsync covers the batch, or on the writer
+//! thread after its own fsync when nothing else is in flight; otherwise on the writer
+//! thread right after the commit.
 //!
 //! Nothing here waits for a subscriber: pushes only queue, and a subscriber pushed past
 //! its lagging mark paces the publisher's own connection (see

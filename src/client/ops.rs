@@ -55,7 +55,7 @@ pub fn publish(subject: &str, payload: &[u8], conditions: Option<&Conditions>) -
         }
     }
     let options = options.join(" ");
-    PublishOptions::parse(options.as_bytes(), None).map_err(refused)?;
+    PublishOptions::parse(options.as_bytes(), None).map_err(unsendable)?;
     let verb = if conditions.is_some() { "APUB" } else { "PUB" };
     let mut op = BytesMut::with_capacity(payload.len() + subject.len() + options.len() + 32);
     op.put_slice(format!("{verb} {subject} {}", payload.len()).as_bytes());
@@ -82,7 +82,7 @@ pub fn subscribe(filter: &str, sid: u64, from: Option<&str>) -> Result<String, C
             if from.bytes().any(|b| b.is_ascii_whitespace()) {
                 return Err(usage(format!("start position `{from}` contains blanks")));
             }
-            Start::parse(from.as_bytes()).map_err(refused)?;
+            Start::parse(from.as_bytes()).map_err(unsendable)?;
             Ok(format!("SUB {filter} {sid} FROM {from}\r\n"))
         }
     }
@@ -119,7 +119,7 @@ pub fn fetch(sid: u64, filters: &[String], range: &Range) -> Result<String, Clie
         }
     }
     let (filters, options) = (filters.join(","), options.join(" "));
-    Query::parse(filters.as_bytes(), options.as_bytes()).map_err(refused)?;
+    Query::parse(filters.as_bytes(), options.as_bytes()).map_err(unsendable)?;
     Ok(if options.is_empty() {
         format!("FETCH {sid} {filters}\r\n")
     } else {
@@ -139,8 +139,8 @@ fn usage(reason: String) -> ClientError {
     ClientError::Usage(reason)
 }
 
-/// What the server would refuse, caught before sending it.
-fn refused(refusal: Refusal) -> ClientError {
+/// An op the server would refuse, caught as a usage error before it is sent.
+fn unsendable(refusal: Refusal) -> ClientError {
     usage(refusal.to_string())
 }
 

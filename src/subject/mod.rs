@@ -106,7 +106,8 @@ impl Filter {
     }
 
     /// Whether `subject` (a valid subject) matches: [`matches()`], with the common
-    /// `literal.prefix.>` filter checked by one comparison, since this runs per message.
+    /// `literal.prefix.>` filter checked by a prefix comparison instead of token by token,
+    /// since this runs per message.
     pub fn matches(&self, subject: &[u8]) -> bool {
         match self.0.strip_suffix(b">") {
             Some(prefix)
