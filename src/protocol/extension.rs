@@ -56,7 +56,8 @@ impl PublishOptions {
     /// The [`Refusal`] naming the bad option or header.
     pub fn parse(line: &[u8], header_block: Option<&[u8]>) -> Result<PublishOptions, Refusal> {
         let mut options = header_block.map(PublishOptions::from_headers).transpose()?.unwrap_or_default();
-        for (key, value) in key_values(line)? {
+        for pair in key_values(line) {
+            let (key, value) = pair?;
             let number = || value.parse::<u64>().map_err(|_| Refusal::NotANumber(key.to_owned()));
             match key {
                 "msg-id" if !value.is_empty() => options.msg_id = Some(Bytes::copy_from_slice(value.as_bytes())),
@@ -171,7 +172,8 @@ impl Query {
     /// The [`Refusal`] naming the bad filter or option.
     pub fn parse(filters: &[u8], options: &[u8]) -> Result<Query, Refusal> {
         let mut query = Query::over(self::filters(filters.split(|&b| b == b','))?)?;
-        for (key, value) in key_values(options)? {
+        for pair in key_values(options) {
+            let (key, value) = pair?;
             let number = || value.parse::<u64>().map_err(|_| Refusal::NotANumber(key.to_owned()));
             match key {
                 "from-seq" => query.from_seq = number()?,
@@ -285,14 +287,18 @@ fn filters<'a>(words: impl Iterator<Item = &'a [u8]>) -> Result<Vec<Filter>, Ref
         .collect()
 }
 
-/// The blank-separated `key=value` words of an options text.
-fn key_values(text: &[u8]) -> Result<Vec<(&str, &str)>, Refusal> {
-    let text =
-        std::str::from_utf8(text).map_err(|_| Refusal::NotKeyValue(String::from_utf8_lossy(text).into_owned()))?;
-    text.split([' ', '\t'])
+/// The blank-separated `key=value` words of an options text, without allocating for the
+/// usual empty or short text (this runs for every `APUB`).
+fn key_values(text: &[u8]) -> impl Iterator<Item = Result<(&str, &str), Refusal>> {
+    let (words, not_utf8) = match std::str::from_utf8(text) {
+        Ok(words) => (words, None),
+        Err(_) => ("", Some(Refusal::NotKeyValue(String::from_utf8_lossy(text).into_owned()))),
+    };
+    let pairs = words
+        .split([' ', '\t'])
         .filter(|word| !word.is_empty())
-        .map(|word| word.split_once('=').ok_or_else(|| Refusal::NotKeyValue(word.to_owned())))
-        .collect()
+        .map(|word| word.split_once('=').ok_or_else(|| Refusal::NotKeyValue(word.to_owned())));
+    not_utf8.map(Err).into_iter().chain(pairs)
 }
 
 /// An RFC 3339 time as unix nanoseconds (times before 1970 are refused).
