@@ -130,8 +130,13 @@ impl Request {
 pub(crate) struct Admitted {
     pub append: Append,
     pub outcome: Outcome,
-    /// Its event in the batch, if it was stored.
-    pub event: Option<usize>,
+}
+
+impl Admitted {
+    /// Whether it became a new event (not a duplicate, not refused), to be delivered.
+    pub(crate) fn is_new(&self) -> bool {
+        matches!(self.outcome, Ok(Stored { duplicate: false, .. }))
+    }
 }
 
 #[expect(

@@ -38,19 +38,19 @@ impl Delivery {
         let mut wakes = Wakes::default();
         for completion in committed.completions {
             match completion {
-                Completion::Append(Admitted { append, outcome, event }) => {
-                    let delivered = match event {
-                        Some(_) => {
-                            let publisher = &append.reply.publisher;
-                            let routed = self.router.route(&append.message, publisher.skips(), &mut wakes);
-                            if let Some(subscriber) = routed.lagging {
-                                publisher.paced_by(subscriber);
-                            }
-                            routed.delivered
+                Completion::Append(admitted) => {
+                    let Admitted { append, outcome } = &admitted;
+                    let delivered = if admitted.is_new() {
+                        let publisher = &append.reply.publisher;
+                        let routed = self.router.route(&append.message, publisher.skips(), &mut wakes);
+                        if let Some(subscriber) = routed.lagging {
+                            publisher.paced_by(subscriber);
                         }
-                        None => 0,
+                        routed.delivered
+                    } else {
+                        0
                     };
-                    append.reply.answer(&append.message, &outcome, delivered, &mut wakes);
+                    append.reply.answer(&append.message, outcome, delivered, &mut wakes);
                 }
                 Completion::Call(action) => action(),
             }

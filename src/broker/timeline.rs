@@ -332,14 +332,10 @@ impl Writer {
                                 return Err(failure);
                             }
                         };
-                        let event = match outcome {
-                            Ok(Stored { seq, revision, duplicate: false }) => {
-                                self.record(&append, seq, revision, &mut events, &mut new_dedup);
-                                Some(events.len() - 1)
-                            }
-                            Ok(_) | Err(_) => None,
-                        };
-                        completions.push(Completion::Append(Admitted { append, outcome, event }));
+                        if let Ok(Stored { seq, revision, duplicate: false }) = outcome {
+                            self.record(&append, seq, revision, &mut events, &mut new_dedup);
+                        }
+                        completions.push(Completion::Append(Admitted { append, outcome }));
                     }
                 }
                 Request::Call(action) => completions.push(Completion::Call(action)),

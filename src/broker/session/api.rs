@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::Session;
+use super::{Session, lossy};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::catchup::{self, Sink};
@@ -117,9 +117,4 @@ impl Session {
         let sid = self.reply_subscription(subject).ok_or_else(|| Refusal::NoSubscription(lossy(subject)))?;
         Ok(Sink { outbound: Arc::clone(&self.outbound), sid })
     }
-}
-
-/// Text for a refusal that quotes what the client sent.
-fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }

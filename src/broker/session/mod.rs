@@ -216,6 +216,11 @@ impl Session {
     }
 }
 
+/// Text for a refusal that quotes what the client sent.
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 impl Drop for Session {
     /// A closed connection's subscriptions leave the routing table with it (its catch-ups
     /// end with their guards).

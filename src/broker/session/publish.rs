@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tracing::debug;
 
-use super::Session;
+use super::{Session, lossy};
 use crate::broker::BrokerError;
 use crate::broker::append::{Answer, Append, Publisher, Reply, Request};
 use crate::broker::outbound::Wakes;
@@ -81,7 +81,7 @@ impl Session {
         if !is_valid_subject(&message.subject) {
             Err(Refusal::InvalidSubject)
         } else if self.broker.is_volatile(&message.subject) {
-            Err(Refusal::Volatile(String::from_utf8_lossy(&message.subject).into_owned()))
+            Err(Refusal::Volatile(lossy(&message.subject)))
         } else {
             Ok(())
         }
