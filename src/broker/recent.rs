@@ -95,7 +95,7 @@ mod tests {
             seq,
             timestamp: seq,
             revision: 1,
-            subject: Bytes::from(if seq % 2 == 0 { "even" } else { "odd" }),
+            subject: Bytes::from(if seq.is_multiple_of(2) { "even" } else { "odd" }),
             headers: None,
             payload: Bytes::from_static(&[0; 100]),
         };

@@ -23,4 +23,8 @@ pub enum StoreError {
     MissingHighWaterMark { path: String },
     #[error("the high-water-mark file {path} is unreadable (torn or corrupt)")]
     BadHighWaterMark { path: String },
+    #[error("data directory {dir} is in use by another eventline (pid {pid})")]
+    InUse { dir: String, pid: String },
+    #[error("{path}: {what}: {source}")]
+    File { path: String, what: &'static str, source: std::io::Error },
 }

@@ -30,7 +30,7 @@ impl HighWaterMark {
         file.sync_all()?;
         std::fs::rename(&temp, path)?;
         if let Some(dir) = path.parent() {
-            File::open(dir)?.sync_all()?;
+            super::files::sync_dir(dir)?;
         }
         HighWaterMark::open(path)
     }

@@ -33,6 +33,7 @@
 mod checkpoint;
 mod error;
 mod event;
+mod files;
 mod hwm;
 mod index;
 mod run;
@@ -51,6 +52,7 @@ use crate::subject::{Filter, matches};
 use checkpoint::Checkpointer;
 pub use error::StoreError;
 pub use event::Event;
+use files::{DirLock, create_dir_durably, sync_dir};
 use hwm::HighWaterMark;
 use index::{RunIndex, be_u64, entry_seqs, is_exact, key_seq, literal_prefix, name_of, seq_range};
 use run::{RUN_EVENTS, Run};
@@ -90,6 +92,8 @@ pub struct Store {
     /// The last sequence fjall holds durably: what the last checkpoint covered.
     checkpointed: AtomicU64,
     checkpointer: Mutex<Option<Checkpointer>>,
+    /// Held for the store's life: no other server may touch the directory meanwhile.
+    _lock: DirLock,
 }
 
 impl Store {
@@ -126,7 +130,8 @@ impl Store {
     /// [`Store::open`] up to the checkpoint thread.
     fn recover(config: &StoreConfig) -> Result<Store, StoreError> {
         let dir = &config.data;
-        std::fs::create_dir_all(dir)?;
+        create_dir_durably(dir)?;
+        let lock = DirLock::acquire(dir)?;
         let log_dir = dir.join("log");
         let wal_dir = dir.join("wal");
         let mark_path = dir.join("high-water-mark");
@@ -151,6 +156,7 @@ impl Store {
         let dedup = db.keyspace("dedup", options)?;
         let high_water = if fresh {
             db.persist(PersistMode::SyncAll)?;
+            sync_tree(&log_dir)?;
             HighWaterMark::create(&mark_path)?
         } else {
             HighWaterMark::open(&mark_path)?
@@ -167,6 +173,7 @@ impl Store {
             durable: AtomicU64::new(0),
             checkpointed: AtomicU64::new(0),
             checkpointer: Mutex::new(None),
+            _lock: lock,
         };
         let recovered = store.lock_wal().recover(store.last_seq()?)?;
         for record in recovered {
@@ -607,10 +614,11 @@ impl Store {
             let subject = &key[..key.len().saturating_sub(9)];
             let mut subject_end = subject.to_vec();
             subject_end.push(1);
-            if !subject.split(|&b| b == b'.').any(|token| token == b">") && matches(filter.as_bytes(), subject) {
-                if let Some((seq, _)) = self.last_of_subject(subject, head)? {
-                    last.push(seq);
-                }
+            if !subject.split(|&b| b == b'.').any(|token| token == b">")
+                && matches(filter.as_bytes(), subject)
+                && let Some((seq, _)) = self.last_of_subject(subject, head)?
+            {
+                last.push(seq);
             }
             cursor = subject_end;
         }
@@ -644,6 +652,29 @@ impl Store {
     pub fn dedup_expired(&self, timestamp: u64, limit: usize) -> Result<Vec<Slice>, StoreError> {
         self.dedup.range(..timestamp.to_be_bytes()).take(limit).map(|guard| Ok(guard.key()?)).collect()
     }
+}
+
+/// fsyncs `dir`'s parent, `dir` and every directory below it: fjall creates its directory
+/// tree without syncing the entries, and the mark created next says the tree exists.
+fn sync_tree(dir: &Path) -> Result<(), StoreError> {
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent)?;
+    }
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        sync_dir(&dir)?;
+        let entries = std::fs::read_dir(&dir).map_err(|source| StoreError::File {
+            path: dir.display().to_string(),
+            what: "cannot list the directory",
+            source,
+        })?;
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                pending.push(entry.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether a log directory without a high-water mark holds events. A crash during the very

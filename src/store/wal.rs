@@ -134,7 +134,7 @@ impl Wal {
     /// # Errors
     /// I/O failures.
     pub(super) fn open(dir: &Path) -> Result<Wal, StoreError> {
-        std::fs::create_dir_all(dir)?;
+        super::files::create_dir_durably(dir)?;
         let mut wal = Wal {
             dir: dir.to_path_buf(),
             live: Vec::new(),
@@ -302,7 +302,7 @@ impl Segment {
         }
         file.sync_all()?;
         if let Some(dir) = path.parent() {
-            File::open(dir)?.sync_all()?;
+            super::files::sync_dir(dir)?;
         }
         Ok(Segment { file: Arc::new(file), segment_use: 0, first: None, last: 0 })
     }

@@ -207,10 +207,10 @@ impl<T: Clone + PartialEq> Sublist<T> {
     /// [`Subject`](super::Subject)). A subject with an empty token matches
     /// nothing; a wildcard token in it is not treated specially.
     pub fn matches(&self, subject: &[u8]) -> Arc<Matches<T>> {
-        if let Some(cache) = &self.cache {
-            if let Some(hit) = read(cache).get(subject) {
-                return Arc::clone(hit);
-            }
+        if let Some(cache) = &self.cache
+            && let Some(hit) = read(cache).get(subject)
+        {
+            return Arc::clone(hit);
         }
         if has_empty_token(subject) {
             return Arc::clone(&self.empty);
