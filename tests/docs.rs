@@ -50,6 +50,8 @@ fn every_refusal() -> Vec<(Refusal, Vec<(&'static str, &'static str)>)> {
         (Refusal::NotANumber(text("K")), vec![]),
         (Refusal::BadUnchangedSince, vec![]),
         (Refusal::BadHeader { header: "H", reason: "R" }, vec![]),
+        (Refusal::BadHeaderBlock("it must start with NATS/1.0"), vec![]),
+        (Refusal::BadHeaderBlock("a stored event cannot carry a status"), vec![]),
         (Refusal::InvalidTime { time: text("T"), reason: text("R") }, vec![]),
         (Refusal::TimeOutOfRange(text("T")), vec![]),
         (Refusal::InvalidStart(text("S")), vec![]),
@@ -76,6 +78,7 @@ fn every_refusal() -> Vec<(Refusal, Vec<(&'static str, &'static str)>)> {
             | Refusal::NotANumber(_)
             | Refusal::BadUnchangedSince
             | Refusal::BadHeader { .. }
+            | Refusal::BadHeaderBlock(_)
             | Refusal::InvalidTime { .. }
             | Refusal::TimeOutOfRange(_)
             | Refusal::InvalidStart(_)

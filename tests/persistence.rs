@@ -413,6 +413,30 @@ async fn a_plain_hpub_with_condition_headers_is_conditional_and_silent() {
     assert_eq!(request(&mut client, &apub("acct.1", "", "next")).await, ack(5, 4), "rejections took no sequence");
 }
 
+#[tokio::test]
+async fn a_stored_header_block_with_a_status_is_refused_so_no_event_can_pass_for_a_marker() {
+    let server = TestServer::start().await;
+    let mut sub = subscriber(&server, &[("fake.>", "1")]).await;
+    let mut client = publisher(&server).await;
+    let caught_up = "NATS/1.0 100 Caught Up\r\nNats-Last-Sequence: 9\r\n\r\n";
+    let end = "NATS/1.0 204 End Of Results\r\n\r\n";
+    for block in [caught_up, end] {
+        let marker = format!("APUB fake.marker {} {}\r\n{block}\r\n", block.len(), block.len());
+        assert_eq!(
+            request(&mut client, &marker).await,
+            nak("invalid header block: a stored event cannot carry a status")
+        );
+        // A plain HPUB is refused the same way, silently as every refused plain publish.
+        client.send(&format!("HPUB fake.marker {} {}\r\n{block}\r\n", block.len(), block.len())).await;
+    }
+    let not_nats = "HTTP/1.1 200 OK\r\n\r\n";
+    let http = format!("APUB fake.marker {} {}\r\n{not_nats}\r\n", not_nats.len(), not_nats.len());
+    assert_eq!(request(&mut client, &http).await, nak("invalid header block: it must start with NATS/1.0"));
+    assert_eq!(client.sync().await, Vec::<String>::new());
+    assert_eq!(sub.sync().await, Vec::<String>::new(), "nothing was delivered");
+    assert_eq!(request(&mut client, &apub("fake.marker", "", "real")).await, ack(1, 1), "nothing was stored");
+}
+
 // ---------------------------------------------------------------------------------------
 // 4. unchanged-since with several filters (a dynamic consistency boundary)
 // ---------------------------------------------------------------------------------------

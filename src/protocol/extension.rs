@@ -27,11 +27,22 @@ pub struct PublishOptions {
 }
 
 impl PublishOptions {
-    /// The publish conditions carried in a header block.
+    /// The publish conditions carried in the header block of an event to be stored.
     ///
     /// # Errors
-    /// [`Refusal::BadHeader`] (or [`Refusal::InvalidFilter`]) if a condition header does not parse.
+    /// [`Refusal::BadHeaderBlock`] for a block that does not start `NATS/1.0` or carries a
+    /// status (replayed, it could pass for a `100 Caught Up` or `204 End Of Results`
+    /// marker); [`Refusal::BadHeader`] (or [`Refusal::InvalidFilter`]) if a condition header
+    /// does not parse.
     pub fn from_headers(block: &[u8]) -> Result<PublishOptions, Refusal> {
+        let version_line = block.split(|&b| b == b'\n').next().unwrap_or_default();
+        match version_line.strip_prefix(b"NATS/1.0") {
+            None => return Err(Refusal::BadHeaderBlock("it must start with NATS/1.0")),
+            Some(status) if !status.trim_ascii().is_empty() => {
+                return Err(Refusal::BadHeaderBlock("a stored event cannot carry a status"));
+            }
+            Some(_) => {}
+        }
         let number = |header: &'static str| -> Result<Option<u64>, Refusal> {
             headers::value(block, header)
                 .map(|v| {
@@ -392,5 +403,13 @@ mod tests {
             PublishOptions::from_headers(b"NATS/1.0\r\nNats-Expected-Last-Sequence: x\r\n\r\n").expect_err("invalid");
         assert!(matches!(bad, Refusal::BadHeader { header: headers::EXPECTED_LAST_SEQUENCE, .. }));
         assert!(PublishOptions::from_headers(b"NATS/1.0\r\nEventline-Unchanged-Since: 5\r\n\r\n").is_err());
+        for (block, reason) in [
+            (&b"NATS/1.0 100 Caught Up\r\nNats-Last-Sequence: 3\r\n\r\n"[..], "a stored event cannot carry a status"),
+            (b"NATS/1.0 204\r\n\r\n", "a stored event cannot carry a status"),
+            (b"HTTP/1.1\r\nA: b\r\n\r\n", "it must start with NATS/1.0"),
+        ] {
+            assert_eq!(PublishOptions::from_headers(block), Err(Refusal::BadHeaderBlock(reason)));
+        }
+        assert_eq!(PublishOptions::from_headers(b"NATS/1.0 \r\n\r\n"), Ok(PublishOptions::default()));
     }
 }

@@ -20,6 +20,9 @@ pub enum Refusal {
     /// A publish condition in a header block that does not parse.
     #[error("invalid {header} header: {reason}")]
     BadHeader { header: &'static str, reason: &'static str },
+    /// A stored event's header block that could be mistaken for something else on replay.
+    #[error("invalid header block: {0}")]
+    BadHeaderBlock(&'static str),
     #[error("invalid time {time}: {reason}")]
     InvalidTime { time: String, reason: String },
     #[error("time {0} is outside the years 1970 to 2554")]
