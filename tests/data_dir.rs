@@ -6,7 +6,7 @@ mod common;
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 
-use common::{Raw, spawn_binary, wait_exit};
+use common::{KillOnDrop, Raw, spawn_binary};
 
 /// Servers started at the same moment on one empty directory.
 const RACERS: usize = 20;
@@ -28,14 +28,15 @@ fn serve(data: &std::path::Path) -> std::process::Child {
 async fn simultaneous_starts_on_one_directory_leave_one_server_and_every_acknowledged_event() {
     let root = tempfile::tempdir().expect("temp dir");
     let data = root.path().join("data");
-    let children: Vec<_> = (0..RACERS).map(|_| serve(&data)).collect();
+    let children: Vec<_> = (0..RACERS).map(|_| KillOnDrop(serve(&data))).collect();
     // Each racer either announces its address or exits; read all first lines at once.
     let outcomes = tokio::task::spawn_blocking(move || {
         children
             .into_iter()
             .map(|mut child| {
                 let mut line = String::new();
-                std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("stdout");
+                let stdout = child.0.stdout.take().expect("stdout");
+                std::io::BufReader::new(stdout).read_line(&mut line).expect("stdout");
                 (child, line.trim().strip_prefix("listening on ").map(str::to_owned))
             })
             .collect::<Vec<_>>()
@@ -55,19 +56,18 @@ async fn simultaneous_starts_on_one_directory_leave_one_server_and_every_acknowl
     }
     for (mut child, _) in refused {
         let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
-        let status = wait_exit(child).await;
+        std::io::Read::read_to_string(&mut child.0.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
+        let status = child.0.wait().expect("wait");
         assert!(!status.success(), "a refused server exits non-zero: {status:?}");
         let expected =
-            format!("data directory {} is in use by another eventline (pid {})", data.display(), winner.id());
+            format!("data directory {} is in use by another eventline (pid {})", data.display(), winner.0.id());
         assert!(stderr.contains(&expected), "stderr names the directory and the holder: {stderr:?}");
     }
-    let mut winner = winner;
-    winner.kill().expect("SIGKILL");
-    wait_exit(winner).await;
+    drop(winner);
 
-    let (mut restarted, addr) =
+    let (restarted, addr) =
         tokio::task::spawn_blocking(move || spawn_binary(&data, &["--fsync", "always"])).await.expect("join");
+    let _restarted = KillOnDrop(restarted);
     let mut raw = Raw::with_headers(addr).await;
     let (events, _) = raw.fetch("1", &format!("race.events limit={}", EVENTS + 1)).await;
     let seqs: Vec<u64> = events.iter().map(common::Hmsg::seq).collect();
@@ -75,6 +75,4 @@ async fn simultaneous_starts_on_one_directory_leave_one_server_and_every_acknowl
     for (i, event) in events.iter().enumerate() {
         assert_eq!(event.payload, format!("event-{i}").into_bytes());
     }
-    restarted.kill().expect("SIGKILL");
-    wait_exit(restarted).await;
 }

@@ -80,12 +80,12 @@ impl Sink {
     /// naming the event that could not be read when it is known.
     fn push_failure(&self, subject: &[u8], error: &StoreError) {
         warn!(%error, "a reader of the log failed");
-        match error {
-            StoreError::Corrupt { seq } => {
-                let seq = itoa::Buffer::new().format(*seq).to_owned();
+        match error.seq() {
+            Some(seq) => {
+                let seq = itoa::Buffer::new().format(seq).to_owned();
                 self.push_status(subject, "500 Storage Failure", &[(headers::SEQUENCE, seq.as_bytes())]);
             }
-            _ => self.push_status(subject, "500 Storage Failure", &[]),
+            None => self.push_status(subject, "500 Storage Failure", &[]),
         }
     }
 

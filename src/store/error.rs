@@ -23,8 +23,30 @@ pub enum StoreError {
     MissingHighWaterMark { path: String },
     #[error("the high-water-mark file {path} is unreadable (torn or corrupt)")]
     BadHighWaterMark { path: String },
+    /// Reading the event at `seq` failed (an engine checksum, an I/O error).
+    #[error("event {seq} cannot be read: {source}")]
+    Unreadable { seq: u64, source: Box<StoreError> },
     #[error("data directory {dir} is in use by another eventline (pid {pid})")]
     InUse { dir: String, pid: String },
     #[error("{path}: {what}: {source}")]
     File { path: String, what: &'static str, source: std::io::Error },
+}
+
+impl StoreError {
+    /// The event a read failure concerns, if known.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            StoreError::Corrupt { seq } | StoreError::Unreadable { seq, .. } => Some(*seq),
+            _ => None,
+        }
+    }
+
+    /// This failure, as one of reading the event at `seq` (unless it already names one).
+    #[must_use]
+    pub(super) fn at(self, seq: u64) -> StoreError {
+        match self.seq() {
+            Some(_) => self,
+            None => StoreError::Unreadable { seq, source: Box::new(self) },
+        }
+    }
 }

@@ -449,12 +449,19 @@ impl Store {
                 let seqs = self.indexed(&name, from, to, listed)?;
                 let mut run: Option<Run> = None;
                 for &seq in &seqs {
-                    if run.as_ref().is_none_or(|run| run.last() < seq) {
-                        run = self.run_at(seq)?;
-                    }
-                    let event = run.as_ref().map(|run| run.event(seq)).transpose()?.flatten();
-                    if !take(event.ok_or(StoreError::Corrupt { seq })?, &mut chunk) {
-                        break;
+                    let event = (|| {
+                        if run.as_ref().is_none_or(|run| run.last() < seq) {
+                            run = self.run_at(seq)?;
+                        }
+                        run.as_ref().map(|run| run.event(seq)).transpose()?.flatten().ok_or(StoreError::Corrupt { seq })
+                    })();
+                    match event {
+                        Ok(event) => {
+                            if !take(event, &mut chunk) {
+                                break;
+                            }
+                        }
+                        Err(error) => return up_to_damage(chunk, seq, error),
                     }
                 }
                 if let (true, Some(&last)) = (seqs.len() == listed, seqs.last()) {
@@ -462,12 +469,24 @@ impl Store {
                 }
             }
             None => {
-                let start = self.run_at(from)?.map_or(from, |run| run.first());
+                let start = self.run_at(from).map_err(|error| error.at(from))?.map_or(from, |run| run.first());
+                // Runs tile the log, so a run that cannot be read starts where the last ended.
+                let mut next = from;
                 'runs: for guard in self.events.range(start.to_be_bytes()..=to.to_be_bytes()) {
-                    let (key, value) = guard.into_inner()?;
-                    let run = Run::parse(be_u64(&key), Bytes::from(value))?;
+                    let run = match guard.into_inner() {
+                        Ok((key, value)) => Run::parse(be_u64(&key), Bytes::from(value)),
+                        Err(error) => Err(error.into()),
+                    };
+                    let run = match run {
+                        Ok(run) => run,
+                        Err(error) => return up_to_damage(chunk, next, error),
+                    };
                     for seq in run.first().max(from)..=run.last().min(to) {
-                        let event = run.event(seq)?.ok_or(StoreError::Corrupt { seq })?;
+                        let event = match run.event(seq).and_then(|event| event.ok_or(StoreError::Corrupt { seq })) {
+                            Ok(event) => event,
+                            Err(error) => return up_to_damage(chunk, seq, error),
+                        };
+                        next = seq + 1;
                         if !take(event, &mut chunk) {
                             break 'runs;
                         }
@@ -652,6 +671,17 @@ impl Store {
     pub fn dedup_expired(&self, timestamp: u64, limit: usize) -> Result<Vec<Slice>, StoreError> {
         self.dedup.range(..timestamp.to_be_bytes()).take(limit).map(|guard| Ok(guard.key()?)).collect()
     }
+}
+
+/// A read that met damage at `seq`: the events before it, with the next read starting at
+/// it (and failing there), so a reader delivers everything up to the damage and then
+/// names it.
+fn up_to_damage(mut chunk: Chunk, seq: u64, error: StoreError) -> Result<Chunk, StoreError> {
+    if chunk.events.is_empty() {
+        return Err(error.at(seq));
+    }
+    chunk.next = seq;
+    Ok(chunk)
 }
 
 /// fsyncs `dir`'s parent, `dir` and every directory below it: fjall creates its directory

@@ -362,6 +362,17 @@ pub fn spawn_binary(data: &std::path::Path, extra: &[&str]) -> (std::process::Ch
     (child, addr.parse().expect("an address"))
 }
 
+/// A server process killed (SIGKILL) and reaped when dropped, so a failing test leaves
+/// nothing running.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Waits (within [`TIMEOUT`]) for a process started by [`spawn_binary`] to exit.
 pub async fn wait_exit(mut child: std::process::Child) -> std::process::ExitStatus {
     tokio::time::timeout(TIMEOUT, tokio::task::spawn_blocking(move || child.wait()))
