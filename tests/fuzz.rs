@@ -1,6 +1,6 @@
-//! Fuzz targets for what a client's bytes reach in `eventline::protocol`, starting with the op
-//! decoder (`ClientCodec`), through which the extension arguments, header blocks and `$EL.` JSON
-//! bodies of its ops reach their parsers.
+//! Fuzz targets for what a client's bytes reach in `eventline::protocol`: the op decoder
+//! (`ClientCodec`), and on their own the extension arguments (`APUB` and `FETCH` options, catch-up
+//! starts).
 //! Each target is one checking function (nothing panics; the decoder gives the same ops however the
 //! bytes arrive, and holds no more than one control line and one payload while it waits; errors and
 //! refusals are values that survive their wire encoding; what the crate can write back out, it
@@ -95,6 +95,7 @@ fn fnv(bytes: &[u8]) -> u64 {
 }
 
 const DECODER: Target = Target { name: "decoder", check: check_decoder };
+const OPTIONS: Target = Target { name: "options", check: check_options };
 
 #[test]
 fn decoder() {
@@ -104,6 +105,16 @@ fn decoder() {
 #[test]
 fn decoder_corpus() {
     DECODER.replay();
+}
+
+#[test]
+fn options() {
+    OPTIONS.fuzz(extension_args());
+}
+
+#[test]
+fn options_corpus() {
+    OPTIONS.replay();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -490,6 +501,22 @@ fn connect_json() -> impl Strategy<Value = Vec<u8>> {
 // Extension arguments
 // ---------------------------------------------------------------------------------------------
 
+/// Every parser of extension arguments on one text: `APUB` options and a catch-up start on the
+/// whole of it; split at its first blank, `FETCH` filters and options, and a catch-up filter
+/// and start. Each parser returns a value or a refusal, and the checks below take both.
+fn check_options(text: &[u8]) -> Result<(), TestCaseError> {
+    let (word, rest) = text.split_at(text.iter().position(|&b| b == b' ' || b == b'\t').unwrap_or(text.len()));
+    let rest = rest.trim_ascii();
+    check_publish_options(&PublishOptions::parse(text, None))?;
+    check_start(&Start::parse(text))?;
+    check_query(&Query::parse(word, rest))?;
+    let catch_up = CatchUp::parse(Bytes::copy_from_slice(word), rest);
+    if let Ok(catch_up) = &catch_up {
+        prop_assert_eq!(Ok(catch_up.start), Start::parse(rest));
+    }
+    check_catch_up(&catch_up)
+}
+
 /// Conditions that parsed name a message id only if it is not empty, and something to watch in
 /// `unchanged-since`.
 fn check_publish_options(options: &Result<PublishOptions, Refusal>) -> Result<(), TestCaseError> {
@@ -568,6 +595,18 @@ fn check_refusal(refusal: &Refusal) -> Result<(), TestCaseError> {
 /// Ends with CRLF, with no CR or LF before it.
 fn is_one_line(text: &[u8]) -> bool {
     text.strip_suffix(b"\r\n").unwrap_or(text).iter().all(|&b| b != b'\r' && b != b'\n')
+}
+
+/// What the parsers of extension arguments take: `APUB` options, `FETCH` filters and options,
+/// a catch-up filter and start, or a start alone.
+fn extension_args() -> impl Strategy<Value = Vec<u8>> {
+    let filters = vec(subject(), 0..4).prop_map(|filters| filters.join(&b","[..]));
+    prop_oneof![
+        option_words(),
+        (filters, option_words()).prop_map(|(filters, options)| [filters, options].join(&b" "[..])),
+        (subject(), start_text()).prop_map(|(filter, start)| [filter, start].join(&b" "[..])),
+        start_text(),
+    ]
 }
 
 /// `key=value` words as `APUB` and `FETCH` take them, some of them wrong.
