@@ -1,6 +1,6 @@
 //! Fuzz targets for what a client's bytes reach in `eventline::protocol`: the op decoder
 //! (`ClientCodec`), and on their own the extension arguments (`APUB` and `FETCH` options, catch-up
-//! starts).
+//! starts) and header blocks (`headers::values`, publish conditions).
 //! Each target is one checking function (nothing panics; the decoder gives the same ops however the
 //! bytes arrive, and holds no more than one control line and one payload while it waits; errors and
 //! refusals are values that survive their wire encoding; what the crate can write back out, it
@@ -96,6 +96,7 @@ fn fnv(bytes: &[u8]) -> u64 {
 
 const DECODER: Target = Target { name: "decoder", check: check_decoder };
 const OPTIONS: Target = Target { name: "options", check: check_options };
+const HEADERS: Target = Target { name: "headers", check: check_headers };
 
 #[test]
 fn decoder() {
@@ -115,6 +116,16 @@ fn options() {
 #[test]
 fn options_corpus() {
     OPTIONS.replay();
+}
+
+#[test]
+fn headers() {
+    HEADERS.fuzz(header_block());
+}
+
+#[test]
+fn headers_corpus() {
+    HEADERS.replay();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -682,6 +693,31 @@ const CONDITIONS: [&str; 5] = [
     headers::EXPECTED_REVISION,
     headers::UNCHANGED_SINCE,
 ];
+
+/// Reading a header block: every value found is trimmed and within one line, `value` is the
+/// first of `values`, names compare case-insensitively; its publish conditions parse or are
+/// refused, the same from `APUB` without options; and the condition values found, written out
+/// again with `headers::write`, give the same conditions.
+fn check_headers(block: &[u8]) -> Result<(), TestCaseError> {
+    for name in CONDITIONS.into_iter().chain(["X", ""]) {
+        let values: Vec<&[u8]> = headers::values(block, name).collect();
+        prop_assert_eq!(headers::value(block, name), values.first().copied());
+        for value in &values {
+            prop_assert!(!value.contains(&b'\n') && value.trim_ascii() == *value, "value {:?}", value);
+        }
+        let upper = name.to_ascii_uppercase();
+        prop_assert_eq!(headers::values(block, &upper).collect::<Vec<_>>(), values);
+    }
+    let options = PublishOptions::from_headers(block);
+    check_publish_options(&options)?;
+    prop_assert_eq!(PublishOptions::parse(b"", Some(block)), options.clone());
+    let found: Vec<(&str, &[u8])> =
+        CONDITIONS.into_iter().filter_map(|name| headers::value(block, name).map(|v| (name, v))).collect();
+    let mut rewritten = BytesMut::new();
+    headers::write(&mut rewritten, None, &found);
+    prop_assert_eq!(PublishOptions::from_headers(&rewritten), options);
+    Ok(())
+}
 
 /// A header block: usually `NATS/1.0` and `Name: value` lines, from none to hundreds of them;
 /// sometimes without the version line, odd separators and line ends, raw bytes.
