@@ -1,6 +1,6 @@
-//! Fuzz targets for what a client's bytes reach in `eventline::protocol`: the op decoder
-//! (`ClientCodec`), and on their own the extension arguments (`APUB` and `FETCH` options, catch-up
-//! starts) and header blocks (`headers::values`, publish conditions).
+//! Fuzz targets for everything a client's bytes reach in `eventline::protocol`: the op decoder
+//! (`ClientCodec`), the extension arguments (`APUB` and `FETCH` options, catch-up starts), header
+//! blocks (`headers::values`, publish conditions) and the `$EL.` JSON request bodies.
 //! Each target is one checking function (nothing panics; the decoder gives the same ops however the
 //! bytes arrive, and holds no more than one control line and one payload while it waits; errors and
 //! refusals are values that survive their wire encoding; what the crate can write back out, it
@@ -97,6 +97,7 @@ fn fnv(bytes: &[u8]) -> u64 {
 const DECODER: Target = Target { name: "decoder", check: check_decoder };
 const OPTIONS: Target = Target { name: "options", check: check_options };
 const HEADERS: Target = Target { name: "headers", check: check_headers };
+const JSON: Target = Target { name: "json", check: check_json };
 
 #[test]
 fn decoder() {
@@ -126,6 +127,16 @@ fn headers() {
 #[test]
 fn headers_corpus() {
     HEADERS.replay();
+}
+
+#[test]
+fn json() {
+    JSON.fuzz(json_body());
+}
+
+#[test]
+fn json_corpus() {
+    JSON.replay();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -749,6 +760,25 @@ fn header_line() -> impl Strategy<Value = Vec<u8>> {
 // ---------------------------------------------------------------------------------------------
 // `$EL.` JSON bodies
 // ---------------------------------------------------------------------------------------------
+
+/// A body sent to `$EL.SUB` and to `$EL.FETCH`, decoded as the codec decodes requests
+/// (`ApiRequest::decode`): a request or a refusal (see [`check_subscribe`], [`check_query`]).
+fn check_json(body: &[u8]) -> Result<(), TestCaseError> {
+    for subject in [api::SUBSCRIBE, api::FETCH] {
+        let request = Pub {
+            subject: Bytes::from_static(subject),
+            reply: Some(Bytes::from_static(b"reply")),
+            headers: None,
+            payload: Bytes::copy_from_slice(body),
+        };
+        match ApiRequest::decode(&request) {
+            Some(ApiRequest::Read { read: ApiRead::Subscribe(subscribe), .. }) => check_subscribe(&subscribe)?,
+            Some(ApiRequest::Read { read: ApiRead::Fetch(query), .. }) => check_query(&query)?,
+            other => return Err(TestCaseError::fail(format!("{request:?} decodes as {other:?}"))),
+        }
+    }
+    Ok(())
+}
 
 /// A `$EL.SUB` request that parsed has a start as [`check_start`] wants it.
 fn check_subscribe(subscribe: &Result<Subscribe, Refusal>) -> Result<(), TestCaseError> {
