@@ -4,9 +4,11 @@
 //! pending bytes; the payload follows it there (copied when small) or is sent in place
 //! from the publisher's buffer (when large, see the broker's outbound queue).
 
+use std::borrow::Cow;
+
 use bytes::{BufMut, BytesMut};
 
-use super::ServerOp;
+use super::{MAX_CONTROL_LINE, ServerOp};
 
 /// Appends one non-message op.
 pub fn server_op(op: &ServerOp, dst: &mut BytesMut) {
@@ -40,10 +42,37 @@ pub fn server_op(op: &ServerOp, dst: &mut BytesMut) {
         }
         ServerOp::Nak(reason) => {
             dst.put_slice(b"-NAK '");
-            dst.put_slice(reason.to_string().as_bytes());
+            nak_text(dst, &reason.to_string());
             dst.put_slice(b"'\r\n");
         }
     }
+}
+
+/// The longest text a `-NAK '<text>'` line carries: the line must fit a control line, the
+/// longest line a client's decoder reads.
+const MAX_NAK_TEXT: usize = MAX_CONTROL_LINE - "-NAK ''".len();
+
+/// Appends a refusal's text as one `-NAK` line can carry it. The text may quote what the
+/// client sent (a filter, a start, an option word, each up to a control line long): a CR or
+/// LF in it is written `\r` or `\n`, since it would end the line early and the rest would
+/// read as another op; and a text too long for the line keeps its start and its end (which
+/// says why) around `...`.
+fn nak_text(dst: &mut BytesMut, text: &str) {
+    let text: Cow<'_, str> = if text.contains(['\r', '\n']) {
+        Cow::Owned(text.replace('\r', "\\r").replace('\n', "\\n"))
+    } else {
+        Cow::Borrowed(text)
+    };
+    if text.len() <= MAX_NAK_TEXT {
+        dst.put_slice(text.as_bytes());
+        return;
+    }
+    let half = (MAX_NAK_TEXT - "...".len()) / 2;
+    let head = (0..=half).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    let tail = (text.len() - half..=text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
+    dst.put_slice(text[..head].as_bytes());
+    dst.put_slice(b"...");
+    dst.put_slice(text[tail..].as_bytes());
 }
 
 /// Appends `MSG <subject> <sid> [reply] <size>` or, when `headers` is present,

@@ -552,6 +552,24 @@ fn encode_server_ops_exact_bytes() {
     assert_eq!(&encoded_op(&ServerOp::Pong)[..], b"PONG\r\n");
 }
 
+/// A refusal may quote what the client sent, CRs and all, up to a control line of it; its
+/// `-NAK` is still one line that a client's decoder reads.
+#[test]
+fn encode_nak_is_one_readable_line() {
+    let cr = encoded_op(&ServerOp::Nak(Refusal::InvalidStart("0\r\n".into())));
+    let reason = "expected a sequence, an RFC 3339 time, last or new";
+    assert_eq!(cr, format!("-NAK 'invalid start position 0\\r\\n: {reason}'\r\n").as_bytes());
+    for quoted in ["x".repeat(MAX_CONTROL_LINE), "\u{e9}".repeat(MAX_CONTROL_LINE / 2 + 1), "\r".repeat(3000)] {
+        let long = encoded_op(&ServerOp::Nak(Refusal::InvalidStart(quoted)));
+        assert!(long.len() <= MAX_CONTROL_LINE + 2, "{} bytes", long.len());
+        let text = std::str::from_utf8(&long).expect("cut on a character boundary");
+        assert!(text.starts_with("-NAK 'invalid start position ") && text.contains("..."), "{text}");
+        assert!(text.ends_with(&format!(": {reason}'\r\n")), "{text}");
+        let read = feed_server(&[&long]);
+        assert!(matches!(read, Ok((ref ops, 0)) if matches!(ops[..], [Received::Nak(_)])), "{read:?}");
+    }
+}
+
 #[test]
 fn encode_info_round_trips_through_serde() {
     for info in [sample_info(), Info { client_ip: None, ..sample_info() }] {
