@@ -72,6 +72,15 @@ impl LazyFs {
         lock(&self.model).power_cut();
         self.session = Some(spawn(&self.model, self.path()).expect("mount again after the cut"));
     }
+
+    /// Makes every directory's entries durable, as if each had been fsynced.
+    pub fn sync_directories(&self) {
+        for node in lock(&self.model).nodes.values_mut() {
+            if let Kind::Dir(dir) = &mut node.kind {
+                dir.durable = dir.entries.clone();
+            }
+        }
+    }
 }
 
 impl Drop for LazyFs {
