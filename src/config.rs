@@ -246,6 +246,10 @@ pub const READER_CHUNK: usize = 512;
 /// Events one store scan examines before it returns, matching or not, so that a selective
 /// filter over a long log still answers in bounded time.
 pub const SCAN_BUDGET: usize = 65_536;
+/// Token prefixes of a subject the subject index lists (`a`, `a.b`, ... up to this many
+/// tokens), so an event's index cost grows with its subject's length, never its square. A
+/// filter with a longer literal prefix reads through the deepest indexed one and matches.
+pub const INDEX_PREFIX_TOKENS: usize = 8;
 /// Write-ahead log segment size: a batch is at most a few MiB, so a record always fits in a
 /// fresh segment. Unit tests use small segments, so a few hundred events fill several.
 pub const WAL_SEGMENT_BYTES: u64 = if cfg!(test) { 64 * 1024 } else { 16 * 1024 * 1024 };

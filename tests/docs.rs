@@ -60,7 +60,7 @@ fn every_refusal() -> Vec<(Refusal, Vec<(&'static str, &'static str)>)> {
         (Refusal::NoFilter, vec![]),
         (Refusal::InvalidRequest(text("R")), vec![]),
         (Refusal::SidInUse(text("S")), vec![]),
-        (Refusal::InvalidSubject, vec![]),
+        (Refusal::InvalidSubject(SubjectError::WildcardNotAllowed), vec![("wildcard not allowed", "R")]),
         (Refusal::Volatile(text("S")), vec![]),
         (Refusal::NoSubscription(text("S")), vec![]),
         (Refusal::LastSequence { expected: 9001, actual: 9002 }, ea.clone()),
@@ -87,7 +87,7 @@ fn every_refusal() -> Vec<(Refusal, Vec<(&'static str, &'static str)>)> {
             | Refusal::NoFilter
             | Refusal::InvalidRequest(_)
             | Refusal::SidInUse(_)
-            | Refusal::InvalidSubject
+            | Refusal::InvalidSubject(_)
             | Refusal::Volatile(_)
             | Refusal::NoSubscription(_)
             | Refusal::LastSequence { .. }

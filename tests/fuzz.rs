@@ -226,7 +226,8 @@ fn feeds(input: &[u8]) -> Vec<Vec<&[u8]>> {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        let size = if state.is_multiple_of(8) { state % (3 * MAX_CONTROL_LINE as u64) } else { state % 64 } as usize + 1;
+        let size =
+            if state.is_multiple_of(8) { state % (3 * MAX_CONTROL_LINE as u64) } else { state % 64 } as usize + 1;
         let (piece, tail) = rest.split_at(size.min(rest.len()));
         pieces.push(piece);
         rest = tail;
@@ -708,7 +709,8 @@ const CONDITIONS: [&str; 5] = [
 /// Reading a header block: every value found is trimmed and within one line, `value` is the
 /// first of `values`, names compare case-insensitively; its publish conditions parse or are
 /// refused, the same from `APUB` without options; and the condition values found, written out
-/// again with `headers::write`, give the same conditions.
+/// again with `headers::write`, give the same conditions (for a block whose version line is
+/// a plain `NATS/1.0`; any other is refused as a whole).
 fn check_headers(block: &[u8]) -> Result<(), TestCaseError> {
     for name in CONDITIONS.into_iter().chain(["X", ""]) {
         let values: Vec<&[u8]> = headers::values(block, name).collect();
@@ -726,7 +728,10 @@ fn check_headers(block: &[u8]) -> Result<(), TestCaseError> {
         CONDITIONS.into_iter().filter_map(|name| headers::value(block, name).map(|v| (name, v))).collect();
     let mut rewritten = BytesMut::new();
     headers::write(&mut rewritten, None, &found);
-    prop_assert_eq!(PublishOptions::from_headers(&rewritten), options);
+    // The rewrite has a plain version line: only a block that had one too compares.
+    if !matches!(options, Err(Refusal::BadHeaderBlock(_))) {
+        prop_assert_eq!(PublishOptions::from_headers(&rewritten), options);
+    }
     Ok(())
 }
 

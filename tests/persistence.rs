@@ -190,7 +190,7 @@ async fn a_refused_apub_is_answered_after_the_acks_of_the_apubs_before_it() {
             &ack(1, 1),
             &nak("subject _INBOX.x is volatile: it is delivered but never stored"),
             &ack(2, 2),
-            &nak("invalid subject: wildcards and empty tokens cannot be stored"),
+            &nak("invalid subject: wildcard not allowed"),
             &nak("option expect-rev needs a non-negative integer"),
             &ack(3, 3),
         ])
@@ -411,6 +411,23 @@ async fn a_plain_hpub_with_condition_headers_is_conditional_and_silent() {
     expected.extend(hmsg("acct.2", "1", &[("Eventline-Unchanged-Since", "3 acct.2 acct.3")], "good-3"));
     assert_eq!(sub.sync().await, expected);
     assert_eq!(request(&mut client, &apub("acct.1", "", "next")).await, ack(5, 4), "rejections took no sequence");
+}
+
+#[tokio::test]
+async fn subjects_of_more_than_256_tokens_are_refused_and_256_are_stored() {
+    let server = TestServer::start().await;
+    let mut client = publisher(&server).await;
+    let deep = |tokens: usize| vec!["t"; tokens].join(".");
+    assert_eq!(request(&mut client, &apub(&deep(256), "", "deepest")).await, ack(1, 1));
+    assert_eq!(
+        request(&mut client, &apub(&deep(257), "", "deeper")).await,
+        nak("invalid subject: more than 256 tokens")
+    );
+    client.send(&format!("SUB {}.> 1\r\n", deep(256))).await;
+    assert_eq!(client.sync().await, vec!["-ERR 'Invalid Subject'"]);
+    let mut reader = Raw::with_headers(server.addr).await;
+    let (events, _) = reader.fetch("1", &format!("{}.>", deep(200))).await;
+    assert_eq!(events.iter().map(common::Hmsg::seq).collect::<Vec<_>>(), vec![1], "read through the index prefix");
 }
 
 #[tokio::test]

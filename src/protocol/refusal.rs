@@ -40,9 +40,9 @@ pub enum Refusal {
     InvalidRequest(String),
     #[error("sid {0} is already in use")]
     SidInUse(String),
-    /// An acknowledged publish to a subject with wildcards or empty tokens.
-    #[error("invalid subject: wildcards and empty tokens cannot be stored")]
-    InvalidSubject,
+    /// An acknowledged publish to a subject that is not a valid literal subject.
+    #[error("invalid subject: {0}")]
+    InvalidSubject(SubjectError),
     #[error("subject {0} is volatile: it is delivered but never stored")]
     Volatile(String),
     /// A `$EL.` request whose answers would reach none of the requester's subscriptions.

@@ -1,5 +1,6 @@
 //! The subject index: for each run, one entry per exact subject in it and one per token
-//! prefix of those subjects, each listing its sequences in the run.
+//! prefix of those subjects (up to [`INDEX_PREFIX_TOKENS`] tokens, so an event costs
+//! in proportion to its subject's length), each listing its sequences in the run.
 //!
 //! Key `subject 0x00 seq` or `prefix.> 0x00 seq`, where `seq` is the entry's first sequence
 //! (big-endian, so entries sort in log order); value `revision u64 | offset u16 ...`, one
@@ -13,6 +14,7 @@ use std::collections::HashMap;
 use bytes::BufMut;
 
 use super::run::RUN_EVENTS;
+use crate::config::INDEX_PREFIX_TOKENS;
 use crate::subject::Filter;
 
 /// Index entries of one run being built, by subject (`false`) or token prefix (`true`).
@@ -79,9 +81,10 @@ pub(super) fn key_seq(key: &[u8]) -> u64 {
     be_u64(&key[key.len().saturating_sub(8)..])
 }
 
-/// Every proper token prefix of a subject: `a.b.c` -> `a`, `a.b`.
+/// The proper token prefixes of a subject the index lists: `a.b.c` -> `a`, `a.b`; at
+/// most [`INDEX_PREFIX_TOKENS`] tokens long.
 fn prefixes(subject: &[u8]) -> impl Iterator<Item = &[u8]> {
-    subject.iter().enumerate().filter(|&(_, &b)| b == b'.').map(|(i, _)| &subject[..i])
+    subject.iter().enumerate().filter(|&(_, &b)| b == b'.').map(|(i, _)| &subject[..i]).take(INDEX_PREFIX_TOKENS)
 }
 
 /// The literal tokens before the first wildcard, with their trailing dot (`orders.*.x` ->
@@ -99,26 +102,39 @@ pub(super) fn literal_prefix(filter: &Filter) -> &[u8] {
 }
 
 /// Whether the index answers `filter` exactly: a literal subject, or `prefix.>` with no
-/// other wildcard. Other filters with a literal first token use it to narrow, then match.
+/// other wildcard and a prefix the index lists. Other filters with a literal first token
+/// use it to narrow, then match.
 pub(super) fn is_exact(filter: &Filter) -> bool {
     let bytes = filter.as_bytes();
-    filter.is_literal() || (bytes.ends_with(b".>") && literal_prefix(filter).len() == bytes.len() - 1)
+    filter.is_literal()
+        || (bytes.ends_with(b".>")
+            && literal_prefix(filter).len() == bytes.len() - 1
+            && indexed_prefix(filter).is_some_and(|prefix| prefix.len() == bytes.len() - 2))
 }
 
 /// The index key prefix (with its 0x00) that covers every subject `filter` can match, if
-/// the filter starts with a literal token: the literal itself, or `literal-prefix.>`.
+/// the filter starts with a literal token: the literal itself, or `prefix.>` for the
+/// deepest indexed prefix of its literal tokens.
 pub(super) fn name_of(filter: &Filter) -> Option<Vec<u8>> {
     if filter.is_literal() {
         let mut key = filter.as_bytes().to_vec();
         key.push(0);
         return Some(key);
     }
-    let prefix = literal_prefix(filter);
-    let prefix = prefix.strip_suffix(b".")?;
-    let mut key = prefix.to_vec();
+    let mut key = indexed_prefix(filter)?.to_vec();
     key.extend_from_slice(b".>");
     key.push(0);
     Some(key)
+}
+
+/// The filter's literal tokens before its first wildcard, without the trailing dot, cut
+/// to the [`INDEX_PREFIX_TOKENS`] the index lists; `None` if it starts with a wildcard.
+fn indexed_prefix(filter: &Filter) -> Option<&[u8]> {
+    let prefix = literal_prefix(filter).strip_suffix(b".")?;
+    match prefix.iter().enumerate().filter(|&(_, &b)| b == b'.').nth(INDEX_PREFIX_TOKENS - 1) {
+        Some((cut, _)) => Some(&prefix[..cut]),
+        None => Some(prefix),
+    }
 }
 
 /// Index keys under `name` (which ends in 0x00) with sequences in `from..=to`.
@@ -132,7 +148,33 @@ pub(super) fn seq_range(name: &[u8], from: u64, to: u64) -> std::ops::RangeInclu
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
+
+    #[test]
+    fn an_event_lists_at_most_index_prefix_tokens_prefixes() {
+        let deep = vec!["t"; 2_000].join(".");
+        let mut index = RunIndex::default();
+        index.add(deep.as_bytes(), 1, 1);
+        let bytes: usize = index.drain().map(|(key, value)| key.len() + value.len()).sum();
+        // The subject's own entry, plus prefixes of at most INDEX_PREFIX_TOKENS tokens each.
+        assert!(bytes < deep.len() + INDEX_PREFIX_TOKENS * (2 * INDEX_PREFIX_TOKENS + 16) + 32, "{bytes} bytes");
+    }
+
+    #[test]
+    fn deep_filters_read_through_the_deepest_indexed_prefix() {
+        let filter = |text: &str| Filter::new(Bytes::copy_from_slice(text.as_bytes())).expect("filter");
+        let tokens = |n: usize| (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(".");
+        let at_limit = format!("{}.>", tokens(INDEX_PREFIX_TOKENS));
+        assert_eq!(name_of(&filter(&at_limit)), Some(format!("{}.>\0", tokens(INDEX_PREFIX_TOKENS)).into_bytes()));
+        assert!(is_exact(&filter(&at_limit)));
+        let deeper = format!("{}.>", tokens(INDEX_PREFIX_TOKENS + 3));
+        assert_eq!(name_of(&filter(&deeper)), Some(format!("{}.>\0", tokens(INDEX_PREFIX_TOKENS)).into_bytes()));
+        assert!(!is_exact(&filter(&deeper)), "narrowed by the index, then matched");
+        let wildcard = format!("{}.*.x", tokens(INDEX_PREFIX_TOKENS + 1));
+        assert_eq!(name_of(&filter(&wildcard)), Some(format!("{}.>\0", tokens(INDEX_PREFIX_TOKENS)).into_bytes()));
+    }
 
     #[test]
     fn entries_list_each_name_once_per_run_with_its_sequences() {

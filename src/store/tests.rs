@@ -182,6 +182,30 @@ fn read_returns_exactly_the_matching_events_for_every_filter_shape() {
     }
 }
 
+/// Subjects deeper than the index's prefixes: filters with longer literal prefixes read
+/// through the deepest indexed prefix, and still return exactly the matching events.
+#[test]
+fn filters_deeper_than_the_indexed_prefixes_are_exact() {
+    let dir = TempDir::new().expect("temp dir");
+    let store = open(dir.path()).expect("opens");
+    let deep = |tail: &str| format!("{}.{tail}", ["d"; crate::config::INDEX_PREFIX_TOKENS + 2].join("."));
+    let subjects = [deep("x.1"), deep("x.2"), deep("y.1"), "d.d".to_owned()];
+    let events: Vec<Event> = (1..=40u64)
+        .map(|seq| Event {
+            seq,
+            timestamp: seq,
+            revision: 1 + (seq - 1) / 4,
+            subject: Bytes::from(subjects[(seq % 4) as usize].clone()),
+            headers: None,
+            payload: Bytes::from(seq.to_string()),
+        })
+        .collect();
+    store.append(&events, &[], &[]).expect("appends");
+    for text in [deep("x.>"), deep("*.1"), deep("x.1"), deep(">"), "d.d.>".to_owned(), "d.>".to_owned()] {
+        assert_eq!(read_paged(&store, &text, 1, 40, 3), naive(&events, &text, 1, 40), "{text}");
+    }
+}
+
 /// Several filters at once: every event matching any of them, once, in order, whether
 /// the filters go through the index (merged) or one of them needs a scan.
 #[test]

@@ -39,7 +39,15 @@ pub enum SubjectError {
     /// A NUL byte: the event log's subject index uses it as the separator.
     #[error("NUL byte in subject")]
     Nul,
+    /// More than [`MAX_SUBJECT_TOKENS`] tokens.
+    #[error("more than 256 tokens")]
+    TooManyTokens,
 }
+
+/// Most tokens a subject or filter may have. nats-server sets none, but no subject needs
+/// more, and this bounds what one subject costs the subscription trie (a level per token)
+/// and the matcher. A subject's length is bounded by the control line it arrives on.
+pub const MAX_SUBJECT_TOKENS: usize = 256;
 
 /// A literal subject, valid to publish to: no wildcard tokens.
 ///
@@ -158,6 +166,14 @@ pub fn is_valid_subject(bytes: &[u8]) -> bool {
     validate(bytes, false).is_ok()
 }
 
+/// Why `bytes` is not a valid publish subject, if it is not.
+///
+/// # Errors
+/// The first problem from the left.
+pub fn check_subject(bytes: &[u8]) -> Result<(), SubjectError> {
+    validate(bytes, false)
+}
+
 /// True if `bytes` is a valid subscription filter (wildcards allowed).
 pub fn is_valid_filter(bytes: &[u8]) -> bool {
     validate(bytes, true).is_ok()
@@ -209,7 +225,10 @@ fn validate(bytes: &[u8], allow_wildcards: bool) -> Result<(), SubjectError> {
         return Err(SubjectError::Empty);
     }
     let mut after_gt = false;
-    for token in bytes.split(|&b| b == b'.') {
+    for (i, token) in bytes.split(|&b| b == b'.').enumerate() {
+        if i == MAX_SUBJECT_TOKENS {
+            return Err(SubjectError::TooManyTokens);
+        }
         if token.is_empty() {
             return Err(SubjectError::EmptyToken);
         }
@@ -270,6 +289,14 @@ mod tests {
         (b" ", Err(Whitespace), Err(Whitespace)),
         (b"a.> ", Err(Whitespace), Err(Whitespace)),
     ];
+
+    #[test]
+    fn a_subject_may_have_at_most_max_subject_tokens() {
+        let subject = |tokens: usize| vec!["a"; tokens].join(".");
+        assert_eq!(validate(subject(MAX_SUBJECT_TOKENS).as_bytes(), false), Ok(()));
+        assert_eq!(validate(subject(MAX_SUBJECT_TOKENS + 1).as_bytes(), true), Err(TooManyTokens));
+        assert_eq!(TooManyTokens.to_string(), format!("more than {MAX_SUBJECT_TOKENS} tokens"));
+    }
 
     #[test]
     fn validation_table() {

@@ -12,7 +12,7 @@ use crate::broker::append::{Answer, Append, Publisher, Reply, Request};
 use crate::broker::outbound::Wakes;
 use crate::config::{REQUEST_APPENDS, REQUEST_BYTES};
 use crate::protocol::{Pub, PublishOptions, Refusal, ServerOp};
-use crate::subject::is_valid_subject;
+use crate::subject::{check_subject, is_valid_subject};
 
 impl Session {
     pub(super) async fn publish(&mut self, message: Pub) -> Result<(), BrokerError> {
@@ -78,8 +78,8 @@ impl Session {
 
     /// Whether an acknowledged publish's subject can be stored.
     fn storable(&self, message: &Pub) -> Result<(), Refusal> {
-        if !is_valid_subject(&message.subject) {
-            Err(Refusal::InvalidSubject)
+        if let Err(reason) = check_subject(&message.subject) {
+            Err(Refusal::InvalidSubject(reason))
         } else if self.broker.is_volatile(&message.subject) {
             Err(Refusal::Volatile(lossy(&message.subject)))
         } else {
