@@ -14,6 +14,7 @@
 //!   and checkpoint thread, ranged and indexed reads, the dedup window, the high-water mark.
 //!   Synchronous, no network, no protocol.
 //! - [`config`]: every setting, grouped, with its default, and every tuning constant.
+//! - [`essential`]: the threads whose death stops the server.
 //! - [`subject`]: subject validation, wildcard matching and the subscription trie.
 //!
 //! The load tool (`eventline bench`) and the command-line client (`eventline pub`, `sub`,
@@ -22,6 +23,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod essential;
 pub mod protocol;
 pub mod server;
 pub mod store;

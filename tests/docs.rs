@@ -68,6 +68,7 @@ fn every_refusal() -> Vec<(Refusal, Vec<(&'static str, &'static str)>)> {
         (Refusal::Revision { expected: 9001, actual: 9002 }, ea),
         (Refusal::Changed { filter: text("F"), after: 9001, actual: 9002 }, vec![("9001", "P"), ("9002", "A")]),
         (Refusal::StorageFailure, vec![]),
+        (Refusal::MaybeStored, vec![]),
         (Refusal::ReadFailed(text("R")), vec![]),
     ];
     // Does not compile when a refusal is added without a line above.
@@ -95,6 +96,7 @@ fn every_refusal() -> Vec<(Refusal, Vec<(&'static str, &'static str)>)> {
             | Refusal::Revision { .. }
             | Refusal::Changed { .. }
             | Refusal::StorageFailure
+            | Refusal::MaybeStored
             | Refusal::ReadFailed(_) => {}
         }
     }

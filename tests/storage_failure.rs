@@ -1,6 +1,8 @@
-//! A disk that fills up, with the real binary: the publish that cannot be written is
-//! answered with a storage failure, nothing is acknowledged after it, the server exits
-//! non-zero, and every event it did acknowledge is in the log, intact.
+//! A disk that fills up, with the real binary: each publish that cannot be written is
+//! answered with a storage failure that is true (`not stored` only if the event is not in
+//! the log after a restart), nothing is acknowledged after it, the server exits non-zero,
+//! and every event it did acknowledge is in the log, intact. And a writer thread that
+//! dies stops the server.
 //!
 //! The full disk is a 24 MiB tmpfs (the write-ahead log's first segment takes 16 of them),
 //! mounted with `mount`, which needs root (CI runs as root). Where mounting is refused the
@@ -66,8 +68,38 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-#[tokio::test]
-async fn a_full_disk_stops_acknowledgements_and_loses_nothing_acknowledged() {
+/// Publishing connections filling the disk at once, so failures meet batches in every
+/// state (queued, written ahead, being synced).
+const PUBLISHERS: usize = 4;
+
+/// What one publisher was told: its acknowledged events, and the answer that ended it
+/// (none if the server stopped before answering, as it may for a publish it had not yet
+/// read) with the payload it refused.
+struct Told {
+    acked: Vec<(u64, String)>,
+    refused: (Option<String>, String),
+}
+
+async fn publish_until_refused(addr: std::net::SocketAddr, publisher: usize) -> Told {
+    let mut raw = Raw::connect(addr).await;
+    let mut acked = Vec::new();
+    loop {
+        assert!(acked.len() < 1000, "24 MiB never filled up");
+        let payload = incompressible((publisher * 1000 + acked.len()) as u64, 40_000);
+        raw.send(&format!("APUB disk.full {}\r\n{payload}\r\n", payload.len())).await;
+        match raw.try_line().await {
+            Some(line) if line.starts_with("+ACK") => acked.push((parse_ack(&line).0, payload)),
+            Some(line) => {
+                raw.expect_closed().await;
+                return Told { acked, refused: (Some(line), payload) };
+            }
+            None => return Told { acked, refused: (None, payload) },
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_acknowledgements_and_every_answer_is_true() {
     let Some(disk) = Tmpfs::mount("24M") else {
         eprintln!("storage_failure: skipped, cannot mount a tmpfs here (needs root)");
         return;
@@ -76,37 +108,72 @@ async fn a_full_disk_stops_acknowledgements_and_loses_nothing_acknowledged() {
     let spawn_data = data.clone();
     let (child, addr) =
         tokio::task::spawn_blocking(move || spawn_binary(&spawn_data, &["--fsync", "always"])).await.expect("spawn");
-    let mut raw = Raw::connect(addr).await;
-
-    let mut acked = Vec::new();
-    let failure = loop {
-        assert!(acked.len() < 1000, "24 MiB never filled up");
-        let payload = incompressible(acked.len() as u64, 40_000);
-        raw.send(&format!("APUB disk.full {}\r\n{payload}\r\n", payload.len())).await;
-        let line = raw.line().await;
-        if !line.starts_with("+ACK") {
-            break line;
-        }
-        acked.push((parse_ack(&line).0, payload));
-    };
-    assert_eq!(failure, "-NAK 'storage failure: the event was not stored'");
-    assert!(acked.len() > 10, "the disk filled after only {} events", acked.len());
-    raw.expect_closed().await;
+    let publishers: Vec<_> = (0..PUBLISHERS).map(|i| tokio::spawn(publish_until_refused(addr, i))).collect();
+    let mut told = Vec::new();
+    for publisher in publishers {
+        told.push(publisher.await.expect("publisher"));
+    }
     let status = wait_exit(child).await;
     assert_eq!(status.code(), Some(1), "a storage failure is a non-zero exit: {status:?}");
+    assert!(told.iter().map(|t| t.acked.len()).sum::<usize>() > 10, "the disk filled too soon");
+    let answers: Vec<_> = told.iter().map(|t| t.refused.0.clone()).collect();
+    assert!(answers.iter().any(Option::is_some), "some publisher was told of the failure: {answers:?}");
 
     // The full disk cannot take fjall's recovery; read a copy of the log instead.
     let copy = TempDir::new().expect("temp dir");
     copy_dir(&data, copy.path());
     let store = Store::open(&StoreConfig::new(copy.path()), |_| {}).expect("the log opens after the failure");
-    let last_acked = acked.last().map(|(seq, _)| *seq).expect("acks");
-    assert!(store.high_water_mark() >= last_acked, "the high-water mark covers every ack");
-    for (seq, payload) in &acked {
-        let event = store.get(*seq).expect("read").unwrap_or_else(|| panic!("acknowledged seq {seq} is missing"));
-        assert_eq!(event.payload, payload.as_bytes(), "payload of acknowledged seq {seq}");
-    }
     let last = store.last_seq().expect("last seq");
+    let mut stored = std::collections::HashSet::new();
     for seq in 1..=last {
-        assert!(store.get(seq).expect("read").is_some(), "gap at {seq} of 1..={last}");
+        let event = store.get(seq).expect("read").unwrap_or_else(|| panic!("gap at {seq} of 1..={last}"));
+        stored.insert(String::from_utf8(event.payload.to_vec()).expect("utf-8"));
     }
+    let last_acked = told.iter().flat_map(|t| t.acked.iter().map(|(seq, _)| *seq)).max().expect("acks");
+    assert!(store.high_water_mark() >= last_acked, "the high-water mark covers every ack");
+    for Told { acked, refused: (answer, payload) } in &told {
+        for (seq, payload) in acked {
+            let event = store.get(*seq).expect("read").unwrap_or_else(|| panic!("acknowledged seq {seq} is missing"));
+            assert_eq!(event.payload, payload.as_bytes(), "payload of acknowledged seq {seq}");
+        }
+        match answer.as_deref() {
+            Some("-NAK 'storage failure: the event was not stored'") => {
+                assert!(!stored.contains(payload), "an event refused as not stored is in the log");
+            }
+            Some("-NAK 'storage failure: the event may have been stored'") | None => {}
+            Some(other) => panic!("unexpected answer {other:?}"),
+        }
+    }
+}
+
+/// A timeline writer that dies (a panic, injected in debug builds) stops the server with a
+/// non-zero code and says why, instead of leaving a process that acknowledges nothing.
+#[tokio::test]
+async fn a_dead_writer_thread_ends_the_process_with_a_clear_message() {
+    let data = TempDir::new().expect("temp dir");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_eventline"))
+        .args(["serve", "--port", "0", "--log-level", "warn", "--data"])
+        .arg(data.path())
+        .env("EVENTLINE_FAULT_WRITER_PANIC_AT", "4")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut line)
+        .expect("address line");
+    let addr = line.trim().strip_prefix("listening on ").expect("listening").parse().expect("address");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let mut raw = Raw::connect(addr).await;
+    for seq in 1..=3 {
+        raw.send(&format!("APUB writer.dies 2\r\n{seq:02}\r\n")).await;
+        assert_eq!(parse_ack(&raw.line().await).0, seq);
+    }
+    raw.send("APUB writer.dies 2\r\n04\r\n").await;
+    let status = wait_exit(child).await;
+    assert!(!status.success(), "a dead writer is a non-zero exit: {status:?}");
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut log).expect("stderr");
+    assert!(log.contains("an essential thread died") && log.contains("timeline-writer"), "names the thread: {log}");
+    assert!(log.contains("eventline: stopped: the event log failed"), "says it stopped: {log}");
 }

@@ -27,10 +27,10 @@ impl Append {
         self.message.payload.len() + self.message.headers.as_ref().map_or(0, Bytes::len)
     }
 
-    /// Answers an append that was not stored (the log failed, or stopped) with a storage
-    /// failure.
-    pub(crate) fn refuse(self, wakes: &mut Wakes) {
-        self.reply.answer(&self.message, &Err(Refusal::StorageFailure), 0, wakes);
+    /// Answers an append that is not acknowledged (the log failed, or stopped) with
+    /// `failure`, which says whether it may have been stored.
+    pub(crate) fn refuse(self, failure: &Refusal, wakes: &mut Wakes) {
+        self.reply.answer(&self.message, &Err(failure.clone()), 0, wakes);
     }
 }
 

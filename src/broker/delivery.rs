@@ -17,6 +17,7 @@ use super::append::{Admitted, Append, Committed, Completion};
 use super::outbound::Wakes;
 use super::recent::Recent;
 use super::router::Router;
+use crate::protocol::Refusal;
 
 /// What delivering needs; cheap to clone, so the writer keeps one to answer failures.
 #[derive(Clone)]
@@ -58,13 +59,19 @@ impl Delivery {
         wakes.wake();
     }
 
-    /// Answers every append of `completions` (and `pending`) with a storage failure: the
-    /// log failed, so they are not acknowledged as stored even if they reached the disk.
-    pub(super) fn fail(&self, completions: Vec<Completion>, pending: impl IntoIterator<Item = Append>) {
-        warn!("answering the current batch with storage failures");
+    /// Answers every append of `completions` (and `pending`) with `failure`: the log
+    /// failed, so they are not acknowledged even if they reached the disk, and `failure`
+    /// says whether they may have ([`Refusal::MaybeStored`]) or cannot have.
+    pub(super) fn fail(
+        &self,
+        failure: &Refusal,
+        completions: Vec<Completion>,
+        pending: impl IntoIterator<Item = Append>,
+    ) {
+        warn!(%failure, "answering the current batch with storage failures");
         let mut wakes = Wakes::default();
         for append in completions.into_iter().filter_map(Completion::into_append).chain(pending) {
-            append.refuse(&mut wakes);
+            append.refuse(failure, &mut wakes);
         }
     }
 }

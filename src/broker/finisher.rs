@@ -19,7 +19,10 @@ use tracing::error;
 
 use super::append::Committed;
 use super::delivery::Delivery;
+use super::raise_failure;
 use crate::config::FINISHER_QUEUE_HANDOFFS;
+use crate::essential;
+use crate::protocol::Refusal;
 use crate::store::Store;
 
 /// What the timeline writer tells the finisher, in this order for each batch.
@@ -53,9 +56,14 @@ impl Finisher {
         let thread_delivery = delivery.clone();
         let in_hand = Arc::new(AtomicUsize::new(0));
         let delivered = Arc::clone(&in_hand);
-        let thread = std::thread::Builder::new()
-            .name("finisher".into())
-            .spawn(move || run(head, &store, &thread_delivery, &receiver, &failed, &fatal, &delivered))?;
+        let raise = raise_failure(&failed, &fatal);
+        let thread = essential::spawn(
+            "finisher",
+            move |_| raise(),
+            move || {
+                run(head, &store, &thread_delivery, &receiver, &failed, &fatal, &delivered);
+            },
+        )?;
         Ok(Finisher { sender: Some(sender), in_hand, thread: Some(thread), delivery })
     }
 
@@ -75,7 +83,8 @@ impl Finisher {
             None => Some(handoff),
         };
         if let Some(Handoff::Written(batch)) = refused {
-            self.delivery.fail(batch.completions, []);
+            // In the write-ahead log already; the finisher stopped because the log failed.
+            self.delivery.fail(&Refusal::MaybeStored, batch.completions, []);
         }
     }
 
@@ -119,16 +128,23 @@ fn run(
         let Some(head) = group.last().map(|batch| batch.head) else { continue };
         // A group of calls only (no new events) needs no fsync.
         let synced = if head > durable { store.sync() } else { Ok(()) };
-        if let Err(failure) = synced {
+        // Once the log failed anywhere (here, in the writer, in a checkpoint), nothing more
+        // is acknowledged, even what this fsync made durable.
+        let failure = match synced {
+            Err(failure) => Some(failure.to_string()),
+            Ok(()) if failed.load(Ordering::Acquire) => Some("the log failed elsewhere".to_owned()),
+            Ok(()) => None,
+        };
+        if let Some(failure) = failure {
+            failed.store(true, Ordering::Release);
             error!(error = %failure, "cannot make the log durable; no more events will be acknowledged");
-            failed.store(true, Ordering::Relaxed);
             fatal.cancel();
             let rest = receiver.iter().filter_map(|handoff| match handoff {
                 Handoff::Written(batch) => Some(batch),
                 Handoff::Stored(_) => None,
             });
             for batch in group.into_iter().chain(rest) {
-                delivery.fail(batch.completions, []);
+                delivery.fail(&Refusal::MaybeStored, batch.completions, []);
             }
             return;
         }
@@ -141,7 +157,7 @@ fn run(
                 Err(_) => {
                     // The writer stopped before fjall had them: never acknowledge them.
                     for batch in group.into_iter().chain(next) {
-                        delivery.fail(batch.completions, []);
+                        delivery.fail(&Refusal::MaybeStored, batch.completions, []);
                     }
                     return;
                 }

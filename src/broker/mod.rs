@@ -42,6 +42,17 @@ pub use router::Subscription;
 pub use session::Session;
 use timeline::Timeline;
 
+/// What a failure of the log does, wherever it is found (a write, an fsync, a checkpoint,
+/// an essential thread's death): nothing more is acknowledged (`failed`) and the process
+/// stops (`fatal`).
+fn raise_failure(failed: &Arc<AtomicBool>, fatal: &CancellationToken) -> impl Fn() + Send + Sync + 'static {
+    let (failed, fatal) = (Arc::clone(failed), fatal.clone());
+    move || {
+        failed.store(true, Ordering::Release);
+        fatal.cancel();
+    }
+}
+
 /// The extensions this server speaks, announced in `INFO` (see protocol.md, "Extensions").
 pub const EXTENSIONS: [&str; 4] = ["apub", "catch-up", "fetch", "api"];
 
@@ -65,14 +76,8 @@ impl Broker {
     pub fn start(config: Config, fatal: CancellationToken) -> Result<Self, StoreError> {
         // Once the log fails, nothing more is acknowledged and the process stops.
         let failed = Arc::new(AtomicBool::new(false));
-        let on_failure = {
-            let (failed, fatal) = (Arc::clone(&failed), fatal.clone());
-            move |_: &StoreError| {
-                failed.store(true, Ordering::Relaxed);
-                fatal.cancel();
-            }
-        };
-        let store = Store::open(&config.store, on_failure)?;
+        let raise = raise_failure(&failed, &fatal);
+        let store = Store::open(&config.store, move |_: &StoreError| raise())?;
         let router = Arc::new(Router::new());
         let recent = Arc::new(Recent::new(config.broker.recent_bytes));
         let (writer_store, writer_router) = (Arc::clone(&store), Arc::clone(&router));

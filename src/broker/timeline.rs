@@ -33,6 +33,7 @@ use crate::config::{
     Config, FsyncPolicy, WRITER_BATCH_APPENDS, WRITER_BATCH_BYTES, WRITER_QUEUE_APPENDS, WRITER_QUEUE_REQUESTS,
     WRITER_SUBJECT_CACHE,
 };
+use crate::essential;
 use crate::protocol::Refusal;
 use crate::store::{DedupEntry, Event, Store, StoreError};
 use crate::subject::matches;
@@ -102,7 +103,8 @@ impl Timeline {
             finishing,
         };
         writer.load_dedup_window()?;
-        let thread = std::thread::Builder::new().name("timeline-writer".into()).spawn(move || writer.run(receiver))?;
+        let raise = super::raise_failure(&failed, &writer.fatal);
+        let thread = essential::spawn("timeline-writer", move |_| raise(), move || writer.run(receiver))?;
         if let FsyncPolicy::Interval(every) = config.store.fsync {
             // A weak sender: the ticker must not keep the writer alive.
             let ticks = requests.downgrade();
@@ -218,10 +220,14 @@ impl Writer {
             }
             self.queued.add_permits(appends);
             let stop = batch.iter().any(|request| matches!(request, Request::Stop));
+            if self.failed.load(Ordering::Acquire) {
+                // A checkpoint or an fsync failed: nothing more is written or acknowledged.
+                break;
+            }
             let more_queued = !receiver.is_empty();
             if let Err(failure) = self.commit(&mut batch, more_queued) {
                 error!(error = %failure, "the event log failed; no more events will be acknowledged");
-                self.failed.store(true, Ordering::Relaxed);
+                self.failed.store(true, Ordering::Release);
                 self.fatal.cancel();
                 break;
             }
@@ -231,6 +237,10 @@ impl Writer {
         }
         self.queued.close();
         self.stop_finisher();
+        // Whatever was queued behind a failure was never written: say so.
+        receiver.close();
+        let unwritten = batch.drain(..).chain(std::iter::from_fn(|| receiver.try_recv().ok()));
+        self.delivery.fail(&Refusal::StorageFailure, Vec::new(), unwritten.flat_map(Request::into_appends));
         self.store.close();
     }
 
@@ -243,11 +253,11 @@ impl Writer {
         self.finishing = Finishing::Inline;
     }
 
-    /// Answers a batch that cannot be committed with storage failures, after everything
-    /// committed before it.
-    fn fail(&mut self, completions: Vec<Completion>, pending: impl IntoIterator<Item = Append>) {
+    /// Answers a batch that cannot be committed with `failure`, after everything committed
+    /// before it.
+    fn fail(&mut self, failure: &Refusal, completions: Vec<Completion>, pending: impl IntoIterator<Item = Append>) {
         self.stop_finisher();
-        self.delivery.fail(completions, pending);
+        self.delivery.fail(failure, completions, pending);
     }
 
     /// Admits one batch of requests, writes it to the log (to the OS; fsynced here only for
@@ -266,15 +276,17 @@ impl Writer {
         let expired = match self.expire_dedup() {
             Ok(expired) => expired,
             Err(failure) => {
-                self.fail(completions, []);
+                self.fail(&Refusal::StorageFailure, completions, []);
                 return Err(failure);
             }
         };
+        // A write-ahead record that fails to write is torn, and start-up never replays a
+        // torn record: so far, nothing of the batch is stored.
         let written = match (events.is_empty() && expired.is_empty(), self.store.write_ahead(&events, &dedup)) {
             (true, _) => None,
             (false, Ok(written)) => Some(written),
             (false, Err(failure)) => {
-                self.fail(completions, []);
+                self.fail(&Refusal::StorageFailure, completions, []);
                 return Err(failure);
             }
         };
@@ -296,8 +308,13 @@ impl Writer {
         };
         if let Some(sync) = sync_here {
             if let Err(failure) = store(&self.store, sync) {
-                self.fail(committed.completions, []);
+                self.fail(&Refusal::MaybeStored, committed.completions, []);
                 return Err(failure);
+            }
+            if self.failed.load(Ordering::Acquire) {
+                // The finisher's fsync or a checkpoint failed meanwhile: acknowledge nothing.
+                self.fail(&Refusal::MaybeStored, committed.completions, []);
+                return Ok(());
             }
             self.delivery.finish(committed);
         } else if let Finishing::Finisher(finisher) = &self.finishing {
@@ -328,7 +345,8 @@ impl Writer {
                             Ok(outcome) => outcome,
                             Err(failure) => {
                                 let rest = requests.flat_map(Request::into_appends);
-                                self.fail(completions, std::iter::once(append).chain(appends).chain(rest));
+                                let pending = std::iter::once(append).chain(appends).chain(rest);
+                                self.fail(&Refusal::StorageFailure, completions, pending);
                                 return Err(failure);
                             }
                         };
@@ -400,6 +418,8 @@ impl Writer {
         events: &mut Vec<Event>,
         dedup: &mut Vec<DedupEntry>,
     ) {
+        #[cfg(debug_assertions)]
+        injected_fault(seq);
         let timestamp =
             nanos(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()).max(self.last_timestamp);
         self.head = seq;
@@ -475,6 +495,16 @@ fn next_request(receiver: &mut mpsc::Receiver<Request>, spin: Duration) -> Optio
 
 fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Debug builds only: with `EVENTLINE_FAULT_WRITER_PANIC_AT=N` in the environment, the
+/// writer panics as it records sequence N, so a test of the binary can check that a dead
+/// writer stops the server.
+#[cfg(debug_assertions)]
+fn injected_fault(seq: u64) {
+    static PANIC_AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let at = PANIC_AT.get_or_init(|| std::env::var("EVENTLINE_FAULT_WRITER_PANIC_AT").ok()?.parse().ok());
+    assert!(*at != Some(seq), "injected fault at sequence {seq}");
 }
 
 #[cfg(test)]

@@ -57,9 +57,13 @@ pub enum Refusal {
     /// An event matching `filter` was appended after `after`; `actual` is the newest.
     #[error("{filter} changed after {after}: sequence {actual}")]
     Changed { filter: String, after: u64, actual: u64 },
-    /// The log failed; nothing more is acknowledged.
+    /// The log failed before the event was written anywhere; nothing more is acknowledged.
     #[error("storage failure: the event was not stored")]
     StorageFailure,
+    /// The log failed after the event's write-ahead record was written (fjall's write or
+    /// the fsync failed): a restart may find it in the log. Nothing more is acknowledged.
+    #[error("storage failure: the event may have been stored")]
+    MaybeStored,
     /// Reading the log failed while starting a reader.
     #[error("reading the log failed: {0}")]
     ReadFailed(String),
@@ -74,7 +78,7 @@ impl Refusal {
             | Refusal::LastSubjectSequence { .. }
             | Refusal::Revision { .. }
             | Refusal::Changed { .. } => 409,
-            Refusal::StorageFailure | Refusal::ReadFailed(_) => 503,
+            Refusal::StorageFailure | Refusal::MaybeStored | Refusal::ReadFailed(_) => 503,
             _ => 400,
         }
     }

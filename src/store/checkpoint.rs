@@ -15,6 +15,7 @@ use tracing::error;
 
 use super::{Store, StoreError};
 use crate::config::StoreConfig;
+use crate::essential;
 
 /// The running thread; stopping it takes a last checkpoint.
 pub(super) struct Checkpointer {
@@ -34,7 +35,14 @@ impl Checkpointer {
         let (stop, stopped) = channel::<()>();
         let tick = config.mark_every;
         let ticks_per_checkpoint = (config.checkpoint_every.as_nanos() / tick.as_nanos().max(1)).max(1);
-        let thread = std::thread::Builder::new().name("checkpoint".into()).spawn(move || {
+        let on_failure = std::sync::Arc::new(on_failure);
+        let on_death = {
+            let on_failure = std::sync::Arc::clone(&on_failure);
+            move |panic: &str| {
+                on_failure(&StoreError::Io(std::io::Error::other(format!("checkpoint panicked: {panic}"))))
+            }
+        };
+        let thread = essential::spawn("checkpoint", on_death, move || {
             for tick_number in 1u128.. {
                 let last = matches!(stopped.recv_timeout(tick), Err(RecvTimeoutError::Disconnected));
                 let Some(store) = store.upgrade() else { return };

@@ -112,6 +112,16 @@ impl Raw {
         tokio::time::timeout(TIMEOUT, self.writer.write_all(bytes)).await.expect("write in time").expect("write");
     }
 
+    /// The next line, without its CRLF, or `None` if the server closed the connection.
+    pub async fn try_line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        let read = tokio::time::timeout(TIMEOUT, self.reader.read_line(&mut line)).await.expect("a line in time");
+        match read {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(line.trim_end_matches(['\r', '\n']).to_owned()),
+        }
+    }
+
     /// The next line, without its CRLF.
     pub async fn line(&mut self) -> String {
         let mut line = String::new();

@@ -128,7 +128,7 @@ impl Session {
         if let Err(request) = self.broker.timeline.send(Request::Appends(appends)).await {
             let mut wakes = Wakes::default();
             for append in request.into_appends() {
-                append.refuse(&mut wakes);
+                append.refuse(&Refusal::StorageFailure, &mut wakes);
             }
         }
     }
