@@ -204,6 +204,11 @@ fn main() -> ExitCode {
 
 async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().with_env_filter(EnvFilter::try_new(&args.log_level)?).with_writer(std::io::stderr).init();
+    // As nats-server's users expect: every connection is a descriptor, so use all we may.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open files limit"),
+    }
     let config = args.config();
     let limits = &config.limits;
     if limits.max_payload > limits.max_pending {

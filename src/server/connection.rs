@@ -5,13 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::{Instant, interval_at};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::direct::DirectWrite;
 use crate::broker::{Broker, CloseReason, Outbound, Pending, Session, Wake};
@@ -29,24 +27,19 @@ pub(super) async fn serve(
     // Small messages must not wait for Nagle; the writer already coalesces.
     let _ = socket.set_nodelay(true);
     let config = broker.config().clone();
-    let (socket, direct) = match direct_writes(socket, config.listener.direct_writes) {
-        Ok(taken) => taken,
-        Err(error) => {
-            warn!(%peer, %error, "cannot take the connection over from the operating system");
-            return;
-        }
-    };
+    // One descriptor, shared by the reader, the writer task and direct writes.
+    let socket = Arc::new(socket);
+    let direct = config.listener.direct_writes.then(|| Arc::new(DirectWrite::of(Arc::clone(&socket))));
     let waker = direct.clone().map(|direct| direct as Arc<dyn Wake>);
     let outbound = Arc::new(Outbound::new(config.limits.max_pending, waker));
-    let (read, write) = socket.into_split();
     let host = local.ip().to_string();
     let mut session = Session::new(Arc::clone(&broker), Arc::clone(&outbound), |client_id| {
         broker.info(client_id, &host, local.port(), Some(peer.ip().to_string()))
     });
     let conn_id = session.client_id();
     info!(conn_id, %peer, "connection opened");
-    let writer = tokio::spawn(write_loop(write, Arc::clone(&outbound), config.limits.write_deadline));
-    let reason = read_loop(read, &mut session, &outbound, &shutdown, &config).await;
+    let writer = tokio::spawn(write_loop(Arc::clone(&socket), Arc::clone(&outbound), config.limits.write_deadline));
+    let reason = read_loop(&socket, &mut session, &outbound, &shutdown, &config).await;
     // What the client published before it went is still stored, as nats-server routes it.
     session.flush().await;
     outbound.close(reason);
@@ -60,7 +53,7 @@ pub(super) async fn serve(
 }
 
 async fn read_loop(
-    mut read: OwnedReadHalf,
+    socket: &TcpStream,
     session: &mut Session,
     outbound: &Arc<Outbound>,
     shutdown: &CancellationToken,
@@ -104,7 +97,7 @@ async fn read_loop(
             buffer.reserve(READ_CHUNK);
         }
         tokio::select! {
-            read = read.read_buf(&mut buffer) => match read {
+            read = read_some(socket, &mut buffer) => match read {
                 Ok(0) | Err(_) => return CloseReason::ClientClosed,
                 Ok(_) => {}
             },
@@ -126,14 +119,29 @@ async fn read_loop(
     }
 }
 
-/// The socket back as the runtime's, with a [`DirectWrite`] duplicate if `enabled`.
-fn direct_writes(socket: TcpStream, enabled: bool) -> std::io::Result<(TcpStream, Option<Arc<DirectWrite>>)> {
-    if !enabled {
-        return Ok((socket, None));
+/// Reads what the socket has into `buffer`: the number of bytes, 0 at the end.
+async fn read_some(socket: &TcpStream, buffer: &mut BytesMut) -> std::io::Result<usize> {
+    loop {
+        socket.readable().await?;
+        match socket.try_read_buf(buffer) {
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            read => return read,
+        }
     }
-    let socket = socket.into_std()?;
-    let direct = DirectWrite::of(&socket).map(Arc::new);
-    Ok((TcpStream::from_std(socket)?, direct))
+}
+
+/// Writes all of `bytes` (the socket is shared, so through `&TcpStream`).
+async fn write_all(socket: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        socket.writable().await?;
+        match socket.try_write(bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => bytes = &bytes[written..],
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 fn protocol_failure(error: &ProtocolError, outbound: &Arc<Outbound>) -> CloseReason {
@@ -150,7 +158,7 @@ fn protocol_failure(error: &ProtocolError, outbound: &Arc<Outbound>) -> CloseRea
 /// Sends what fan-out queues, many messages per write, until the connection closes. A
 /// write that makes no progress for `deadline` (a piece of [`WRITE_PIECE`] bytes not taken
 /// by the socket in that time) cuts the connection as a slow consumer.
-async fn write_loop(mut write: OwnedWriteHalf, outbound: Arc<Outbound>, deadline: Duration) {
+async fn write_loop(socket: Arc<TcpStream>, outbound: Arc<Outbound>, deadline: Duration) {
     let mut batch = Pending::default();
     loop {
         let closing = outbound.is_closed();
@@ -167,7 +175,7 @@ async fn write_loop(mut write: OwnedWriteHalf, outbound: Arc<Outbound>, deadline
         let limit = if outbound.is_closed() { FLUSH_GRACE } else { deadline };
         let mut released = 0;
         let sent = {
-            let sending = send(&mut write, &batch, &outbound, &mut released, limit);
+            let sending = send(&socket, &batch, &outbound, &mut released, limit);
             tokio::pin!(sending);
             loop {
                 tokio::select! {
@@ -194,7 +202,8 @@ async fn write_loop(mut write: OwnedWriteHalf, outbound: Arc<Outbound>, deadline
             break;
         }
     }
-    let _ = write.shutdown().await;
+    // The end of what the server sends; the descriptor closes once the reader is done too.
+    let _ = socket2::SockRef::from(&*socket).shutdown(std::net::Shutdown::Write);
 }
 
 /// Writes one batch: the encoded bytes, with the shared large payloads in their places,
@@ -203,7 +212,7 @@ async fn write_loop(mut write: OwnedWriteHalf, outbound: Arc<Outbound>, deadline
 /// reading is never judged on bytes it already received. A piece the socket does not take
 /// within `limit` fails the send with `TimedOut`.
 async fn send(
-    write: &mut OwnedWriteHalf,
+    socket: &TcpStream,
     batch: &Pending,
     outbound: &Outbound,
     released: &mut usize,
@@ -213,7 +222,7 @@ async fn send(
     let shared = batch.shared.iter().map(|(offset, payload)| (*offset, &payload[..]));
     for (offset, payload) in shared.chain([(batch.encoded.len(), &[][..])]) {
         for piece in batch.encoded[written..offset].chunks(WRITE_PIECE).chain(payload.chunks(WRITE_PIECE)) {
-            match tokio::time::timeout(limit, write.write_all(piece)).await {
+            match tokio::time::timeout(limit, write_all(socket, piece)).await {
                 Ok(result) => result?,
                 Err(_) => {
                     return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no progress within the deadline"));

@@ -6,7 +6,7 @@ mod direct;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +15,25 @@ use tracing::{info, warn};
 
 use crate::broker::Broker;
 use crate::config::SHUTDOWN_GRACE;
+
+/// Failed accepts (out of descriptors, usually), logged at most once per second with how
+/// many there were, so a client flood cannot flood the log too.
+#[derive(Default)]
+struct AcceptRefusals {
+    last_logged: Option<Instant>,
+    since: u64,
+}
+
+impl AcceptRefusals {
+    fn note(&mut self, error: &std::io::Error) {
+        self.since += 1;
+        if self.last_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            warn!(%error, failed = self.since, "cannot accept connections (raise the open files limit?)");
+            self.last_logged = Some(Instant::now());
+            self.since = 0;
+        }
+    }
+}
 
 /// Accepts connections on `listener` until `shutdown` resolves, then closes every
 /// connection (flushing what is queued, within a grace period), stops the broker's log
@@ -31,6 +50,7 @@ pub async fn run(
     let local = listener.local_addr()?;
     let stop = CancellationToken::new();
     let connections = TaskTracker::new();
+    let mut refusals = AcceptRefusals::default();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -40,7 +60,8 @@ pub async fn run(
                     connections.spawn(connection::serve(socket, peer, local, Arc::clone(&broker), stop.child_token()));
                 }
                 Err(error) => {
-                    warn!(%error, "accept failed");
+                    refusals.note(&error);
+                    // The pending connection stays queued; try again once something closed.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
