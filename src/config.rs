@@ -244,8 +244,15 @@ pub const DEFAULT_QUERY_LIMIT: u64 = 10_000;
 /// Events a reader (catch-up, query) reads per step.
 pub const READER_CHUNK: usize = 512;
 /// Events one store scan examines before it returns, matching or not, so that a selective
-/// filter over a long log still answers in bounded time.
-pub const SCAN_BUDGET: usize = 65_536;
+/// filter over a long log still answers in bounded time, and a reader whose client is
+/// gone stops within one such chunk (a few milliseconds).
+pub const SCAN_BUDGET: usize = 16_384;
+/// Store reads (reader chunks) running at once across the server; more wait their turn.
+pub const STORE_READERS: usize = 4;
+/// Queries (`FETCH`, `$EL.FETCH`, `$EL.LAST`) one connection may have running at once.
+pub const MAX_QUERIES_PER_CONNECTION: usize = 16;
+/// Catch-up subscriptions one connection may hold at once.
+pub const MAX_CATCHUPS_PER_CONNECTION: usize = 1024;
 /// Token prefixes of a subject the subject index lists (`a`, `a.b`, ... up to this many
 /// tokens), so an event's index cost grows with its subject's length, never its square. A
 /// filter with a longer literal prefix reads through the deepest indexed one and matches.

@@ -582,3 +582,18 @@ async fn bad_starts_are_refused_and_the_connection_stays_open() {
     let live = raw.hmsg().await;
     assert_eq!((live.sid.as_str(), live.seq()), ("1", 3), "the first catch-up on sid 1 goes on");
 }
+
+/// A connection may hold 1024 catch-up subscriptions; the next is refused until one ends.
+#[tokio::test]
+async fn a_connection_holds_at_most_1024_catch_ups() {
+    let server = TestServer::start().await;
+    let mut raw = Raw::with_headers(server.addr).await;
+    let subscribe: String = (1..=1025).map(|sid| format!("SUB limit.x {sid} FROM new\r\n")).collect();
+    // Each catch-up sends its caught-up marker meanwhile: look at the other lines only.
+    let refusals = |lines: Vec<String>| lines.into_iter().filter(|line| line.starts_with('-')).collect::<Vec<_>>();
+    raw.send(&subscribe).await;
+    let refused = refusals(raw.sync().await);
+    assert_eq!(refused, vec!["-NAK 'too many catch-up subscriptions on this connection: at most 1024'"]);
+    raw.send("UNSUB 1\r\nSUB limit.x 1025 FROM new\r\n").await;
+    assert_eq!(refusals(raw.sync().await), Vec::<String>::new(), "one ended, so one more may start");
+}

@@ -60,6 +60,8 @@ fn every_refusal() -> Vec<(Refusal, Vec<(&'static str, &'static str)>)> {
         (Refusal::NoFilter, vec![]),
         (Refusal::InvalidRequest(text("R")), vec![]),
         (Refusal::SidInUse(text("S")), vec![]),
+        (Refusal::TooManyReaders { kind: "queries", limit: 16 }, vec![]),
+        (Refusal::TooManyReaders { kind: "catch-up subscriptions", limit: 1024 }, vec![]),
         (Refusal::InvalidSubject(SubjectError::WildcardNotAllowed), vec![("wildcard not allowed", "R")]),
         (Refusal::Volatile(text("S")), vec![]),
         (Refusal::NoSubscription(text("S")), vec![]),
@@ -88,6 +90,7 @@ fn every_refusal() -> Vec<(Refusal, Vec<(&'static str, &'static str)>)> {
             | Refusal::NoFilter
             | Refusal::InvalidRequest(_)
             | Refusal::SidInUse(_)
+            | Refusal::TooManyReaders { .. }
             | Refusal::InvalidSubject(_)
             | Refusal::Volatile(_)
             | Refusal::NoSubscription(_)

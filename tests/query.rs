@@ -415,3 +415,33 @@ async fn el_error_reaches_a_reply_subscription_made_behind_publishes_in_flight()
     assert!(lines.first().is_some_and(|l| l.starts_with("MSG _INBOX.s.1 2 ")), "no error reply: {lines:?}");
     assert!(lines.get(1).is_some_and(|l| l.contains("invalid start position yesterday")), "{lines:?}");
 }
+
+/// A connection may run 16 queries at once: the 17th, sent while 16 are held up by a
+/// client that does not read yet, is refused with 429's text, and once they are done a
+/// new one runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_runs_at_most_16_queries_at_once() {
+    const EVENTS: usize = 40;
+    let server = TestServer::start().await;
+    let mut raw = Raw::with_headers(server.addr).await;
+    // 10 MiB per query: more than the socket and the lagging mark take, so each query
+    // waits for the client to read.
+    let payload = "x".repeat(256 * 1024);
+    for i in 0..EVENTS {
+        assert_eq!(raw.apub("big.events", &payload).await, i as u64 + 1);
+    }
+    let requests: String = (1..=17).map(|sid| format!("FETCH {sid} big.events\r\n")).collect();
+    raw.send(&requests).await;
+    let (mut events, mut ends, mut refusals) = (0, 0, Vec::new());
+    while ends < 16 {
+        match raw.incoming().await {
+            common::Incoming::Msg(msg) if msg.status().is_some() => ends += 1,
+            common::Incoming::Msg(_) => events += 1,
+            common::Incoming::Line(line) => refusals.push(line),
+        }
+    }
+    assert_eq!(events, 16 * EVENTS, "16 queries ran whole");
+    assert_eq!(refusals, vec!["-NAK 'too many queries on this connection: at most 16'"]);
+    let (again, _) = raw.fetch("18", "big.events limit=1").await;
+    assert_eq!(again.len(), 1, "a query runs again once the others are done");
+}

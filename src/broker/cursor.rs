@@ -12,9 +12,10 @@
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use super::recent::Recent;
+use crate::config::STORE_READERS;
 use crate::store::{Event, Store, StoreError};
 use crate::subject::Filter;
 
@@ -95,10 +96,17 @@ impl Cursor {
     }
 }
 
-/// Runs store work off the async workers.
+/// Store reads running at once, server-wide: readers past it wait their turn, so many
+/// queries cannot take every core (or hundreds of blocking threads) from the write path.
+static STORE_READS: Semaphore = Semaphore::const_new(STORE_READERS);
+
+/// Runs store work off the async workers, at most [`STORE_READERS`] at once. A reader
+/// dropped while it waits (its client gone) never starts; one already running finishes
+/// its bounded chunk (see [`SCAN_BUDGET`](crate::config::SCAN_BUDGET)).
 pub(super) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
+    let _turn = STORE_READS.acquire().await;
     match tokio::task::spawn_blocking(work).await {
         Ok(result) => result,
         Err(join) => Err(StoreError::Io(std::io::Error::other(format!("log read task failed: {join}")))),

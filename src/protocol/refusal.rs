@@ -40,6 +40,9 @@ pub enum Refusal {
     InvalidRequest(String),
     #[error("sid {0} is already in use")]
     SidInUse(String),
+    /// The connection already runs as many readers of this kind as it may.
+    #[error("too many {kind} on this connection: at most {limit}")]
+    TooManyReaders { kind: &'static str, limit: usize },
     /// An acknowledged publish to a subject that is not a valid literal subject.
     #[error("invalid subject: {0}")]
     InvalidSubject(SubjectError),
@@ -71,7 +74,8 @@ pub enum Refusal {
 
 impl Refusal {
     /// The JSON error's `code`, as JetStream uses them: 409 for a publish condition that
-    /// did not hold, 503 when the log failed, 400 for a request that can never succeed.
+    /// did not hold, 503 when the log failed, 429 for a reader past the connection's
+    /// limit (it may succeed once another ends), 400 for a request that can never succeed.
     pub fn code(&self) -> u16 {
         match self {
             Refusal::LastSequence { .. }
@@ -79,6 +83,7 @@ impl Refusal {
             | Refusal::Revision { .. }
             | Refusal::Changed { .. } => 409,
             Refusal::StorageFailure | Refusal::MaybeStored | Refusal::ReadFailed(_) => 503,
+            Refusal::TooManyReaders { .. } => 429,
             _ => 400,
         }
     }

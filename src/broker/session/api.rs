@@ -6,10 +6,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{Session, lossy};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::catchup::{self, Sink};
 use crate::broker::outbound::Wakes;
+use crate::config::{MAX_CATCHUPS_PER_CONNECTION, MAX_QUERIES_PER_CONNECTION};
 use crate::protocol::{ApiRead, ApiRequest, CatchUp as CatchUpRequest, Query, Refusal, Start, Subscribe};
 use crate::subject::Filter;
 
@@ -34,7 +36,7 @@ impl Session {
         // The end status goes out on the filters, joined with commas as they were sent.
         let end =
             |query: &Query| Bytes::from(query.filters.iter().map(Filter::as_bytes).collect::<Vec<_>>().join(&b","[..]));
-        let started = query.map(|query| self.fetch(end(&query), query, sink));
+        let started = query.and_then(|query| self.fetch(end(&query), query, sink));
         self.refuse(started.err()).await
     }
 
@@ -53,6 +55,9 @@ impl Session {
         if self.catchups.contains_key(&sink.sid) {
             return Err(Refusal::SidInUse(lossy(&sink.sid)));
         }
+        if self.catchups.len() >= MAX_CATCHUPS_PER_CONNECTION {
+            return Err(Refusal::TooManyReaders { kind: "catch-up subscriptions", limit: MAX_CATCHUPS_PER_CONNECTION });
+        }
         // Its replay must see this client's own earlier publishes.
         self.settle().await;
         let CatchUpRequest { filter, start } = request;
@@ -66,8 +71,21 @@ impl Session {
     }
 
     /// Starts a one-shot query delivering to `sink`, ended by a status on `end`.
-    fn fetch(&self, end: Bytes, query: Query, sink: Sink) {
-        tokio::spawn(catchup::fetch(self.broker.log.clone(), query, sink, end));
+    fn fetch(&self, end: Bytes, query: Query, sink: Sink) -> Result<(), Refusal> {
+        let turn = self.query_turn()?;
+        let log = self.broker.log.clone();
+        tokio::spawn(async move {
+            catchup::fetch(log, query, sink, end).await;
+            drop(turn);
+        });
+        Ok(())
+    }
+
+    /// A permit to run one more query on this connection, if it is not at its limit.
+    fn query_turn(&self) -> Result<OwnedSemaphorePermit, Refusal> {
+        Arc::clone(&self.queries)
+            .try_acquire_owned()
+            .map_err(|_| Refusal::TooManyReaders { kind: "queries", limit: MAX_QUERIES_PER_CONNECTION })
     }
 
     /// A `$EL.` request from a NATS client library. Answers go to its reply subject: JSON
@@ -90,11 +108,15 @@ impl Session {
             },
             ApiRead::Fetch(query) => query.and_then(|query| {
                 let sink = self.sink_for(&reply)?;
-                self.fetch(reply.clone(), query, sink);
-                Ok(())
+                self.fetch(reply.clone(), query, sink)
             }),
-            ApiRead::Last(last_of) => self.sink_for(&reply).map(|sink| {
-                tokio::spawn(catchup::last(self.broker.log.clone(), last_of, sink, reply.clone()));
+            ApiRead::Last(last_of) => self.sink_for(&reply).and_then(|sink| {
+                let (turn, log, reply) = (self.query_turn()?, self.broker.log.clone(), reply.clone());
+                tokio::spawn(async move {
+                    catchup::last(log, last_of, sink, reply).await;
+                    drop(turn);
+                });
+                Ok(())
             }),
         };
         if let Err(refusal) = started {

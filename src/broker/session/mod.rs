@@ -9,13 +9,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tokio::sync::Semaphore;
 use tokio_util::sync::DropGuard;
 
 use super::append::{Append, Publisher, Request};
 use super::outbound::{Outbound, Wakes};
 use super::reply::Replies;
 use super::{Broker, BrokerError, Subscription};
-use crate::config::SUBSCRIPTION_SWEEP_MIN;
+use crate::config::{MAX_QUERIES_PER_CONNECTION, SUBSCRIPTION_SWEEP_MIN};
 use crate::protocol::{ClientOp, Connect, Info, ServerOp};
 use crate::subject::{Filter, matches};
 
@@ -31,6 +32,9 @@ pub struct Session {
     /// Catch-up subscriptions by sid (a `$EL.SUB` one shares its deliver subscription's
     /// sid); dropping the guard ends the subscription.
     catchups: HashMap<Bytes, DropGuard>,
+    /// Queries this client may still start ([`MAX_QUERIES_PER_CONNECTION`] at once); each
+    /// running one holds a permit.
+    queries: Arc<Semaphore>,
     /// Size of `subscriptions` at which entries ended by `UNSUB <sid> <max>` are swept out
     /// (they end on other tasks' fan-out paths, which can't touch this map).
     sweep_at: usize,
@@ -56,6 +60,7 @@ impl Session {
             replies,
             subscriptions: HashMap::new(),
             catchups: HashMap::new(),
+            queries: Arc::new(Semaphore::new(MAX_QUERIES_PER_CONNECTION)),
             sweep_at: SUBSCRIPTION_SWEEP_MIN,
             appends: Vec::new(),
             append_bytes: 0,
