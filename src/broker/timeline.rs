@@ -405,7 +405,9 @@ impl Writer {
             return Ok(last);
         }
         let last = self.store.last_of_subject(subject, self.head)?.unwrap_or((0, 0));
-        self.subjects.insert(subject.clone(), last);
+        // A copy: the subject is a slice of the publisher's read buffer, and a cache entry
+        // holding it would keep that whole buffer (payloads included) alive.
+        self.subjects.insert(Bytes::copy_from_slice(subject), last);
         Ok(last)
     }
 
@@ -425,7 +427,12 @@ impl Writer {
         self.head = seq;
         self.last_timestamp = timestamp;
         let message = &append.message;
-        self.subjects.insert(message.subject.clone(), (seq, revision));
+        match self.subjects.get_mut(&message.subject) {
+            Some(last) => *last = (seq, revision),
+            None => {
+                self.subjects.insert(Bytes::copy_from_slice(&message.subject), (seq, revision));
+            }
+        }
         if let Some(msg_id) = &append.options.msg_id {
             self.dedup.insert(msg_id.clone(), (seq, revision));
             self.dedup_order.push_back((timestamp, msg_id.clone(), seq));
