@@ -6,8 +6,13 @@
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
-use super::ProtocolError;
 use super::parse::{control_line, number, payload_at, split_args};
+use super::{MAX_CONTROL_LINE, ProtocolError};
+
+/// Longest line a server may send: a `MSG` line carries a subject and a reply subject from
+/// one client's `PUB` line and a sid from another's `SUB` line, so it can be longer than
+/// any line a client may send.
+const MAX_RECEIVED_LINE: usize = 2 * MAX_CONTROL_LINE + 64;
 
 /// A message delivered by `MSG` or `HMSG`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +61,7 @@ impl Decoder for ServerCodec {
     type Error = ProtocolError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Received>, ProtocolError> {
-        let Some((line, after_line)) = control_line(src)? else { return Ok(None) };
+        let Some((line, after_line)) = control_line(src, MAX_RECEIVED_LINE)? else { return Ok(None) };
         let (verb, args) = line.split_at(line.iter().position(|&b| b == b' ' || b == b'\t').unwrap_or(line.len()));
         let simple = |op| Ok((op, after_line));
         let (op, len) = match verb {

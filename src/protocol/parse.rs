@@ -73,7 +73,7 @@ pub struct Parsed {
 /// A [`ProtocolError`] when the bytes can never become a valid op; the caller must close
 /// the connection after sending its text, since the stream can no longer be framed.
 pub fn parse_client_op(buf: &[u8], max_payload: usize) -> Result<Option<Parsed>, ProtocolError> {
-    let Some((line, after_line)) = control_line(buf)? else { return Ok(None) };
+    let Some((line, after_line)) = control_line(buf, MAX_CONTROL_LINE)? else { return Ok(None) };
     let range = |s: &[u8]| {
         let start = buf.offset(s);
         start..start + s.len()
@@ -242,17 +242,18 @@ impl Verb {
 /// past its newline; `Ok(None)` while the newline has not arrived.
 ///
 /// # Errors
-/// [`ProtocolError::MaxControlLine`] once more than [`MAX_CONTROL_LINE`] bytes precede the
-/// newline, even before it arrives, so a peer cannot make the server buffer without bound.
-pub(super) fn control_line(buf: &[u8]) -> Result<Option<(&[u8], usize)>, ProtocolError> {
-    let scan = &buf[..buf.len().min(MAX_CONTROL_LINE + 2)];
+/// [`ProtocolError::MaxControlLine`] once more than `limit` bytes ([`MAX_CONTROL_LINE`] for
+/// what a client sends) precede the newline, even before it arrives, so a peer cannot make
+/// the reader buffer without bound.
+pub(super) fn control_line(buf: &[u8], limit: usize) -> Result<Option<(&[u8], usize)>, ProtocolError> {
+    let scan = &buf[..buf.len().min(limit + 2)];
     let Some(newline) = scan.iter().position(|&b| b == b'\n') else {
         // A CR already read may belong to a line of exactly the limit whose LF is coming.
         let pending = buf.len() - usize::from(buf.last() == Some(&b'\r'));
-        return if pending > MAX_CONTROL_LINE { Err(ProtocolError::MaxControlLine) } else { Ok(None) };
+        return if pending > limit { Err(ProtocolError::MaxControlLine) } else { Ok(None) };
     };
     let line_end = if newline > 0 && buf[newline - 1] == b'\r' { newline - 1 } else { newline };
-    if line_end > MAX_CONTROL_LINE {
+    if line_end > limit {
         return Err(ProtocolError::MaxControlLine);
     }
     Ok(Some((&buf[..line_end], newline + 1)))
