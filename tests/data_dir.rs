@@ -76,3 +76,53 @@ async fn simultaneous_starts_on_one_directory_leave_one_server_and_every_acknowl
         assert_eq!(event.payload, format!("event-{i}").into_bytes());
     }
 }
+
+/// Runs `eventline serve` on `data` expecting it to refuse to start; returns its stderr.
+fn refusal(data: &std::path::Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_eventline"))
+        .args(["serve", "--port", "0", "--log-level", "error", "--data"])
+        .arg(data)
+        .output()
+        .expect("run eventline");
+    assert!(!output.status.success(), "the server refused to start");
+    assert!(output.stdout.is_empty(), "it never listened: {:?}", String::from_utf8_lossy(&output.stdout));
+    String::from_utf8(output.stderr).expect("utf-8")
+}
+
+#[test]
+fn a_data_directory_that_is_a_file_is_named() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let data = root.path().join("data");
+    std::fs::write(&data, b"not a directory").expect("write");
+    let stderr = refusal(&data);
+    assert!(stderr.contains(&format!("{}: is not a directory", data.display())), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_journal_is_named_with_what_to_do() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let data = root.path().join("data");
+    let dir = data.clone();
+    let (server, addr) = tokio::task::spawn_blocking(move || spawn_binary(&dir, &[])).await.expect("join");
+    let server = KillOnDrop(server);
+    let mut raw = Raw::quiet(addr).await;
+    let marker = "journal-marker-".repeat(20);
+    for _ in 0..20 {
+        raw.apub("journal.events", &marker).await;
+    }
+    drop(server);
+    let journal = std::fs::read_dir(data.join("log"))
+        .expect("log dir")
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "jnl"))
+        .expect("a journal file");
+    let mut bytes = std::fs::read(&journal).expect("read");
+    let at = bytes.windows(marker.len()).position(|window| window == marker.as_bytes()).expect("an event in it");
+    bytes[at + 3] ^= 0x01;
+    std::fs::write(&journal, &bytes).expect("write");
+    let stderr = refusal(&data);
+    let log = data.join("log");
+    assert!(stderr.contains(&format!("fjall's journal in {} is damaged", log.display())), "{stderr}");
+    assert!(stderr.contains("restore the data directory from a backup"), "{stderr}");
+}

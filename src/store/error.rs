@@ -30,6 +30,17 @@ pub enum StoreError {
     InUse { dir: String, pid: String },
     #[error("{path}: {what}: {source}")]
     File { path: String, what: &'static str, source: std::io::Error },
+    /// A failure while opening the log, with the file or directory it concerns.
+    #[error("cannot open {path}: {source}")]
+    Opening { path: String, source: Box<StoreError> },
+    /// fjall's journal does not replay. The write-ahead log only covers what came after
+    /// the last checkpoint, while fjall's journal holds everything since its last flush,
+    /// so it cannot stand in.
+    #[error(
+        "fjall's journal in {path} is damaged ({reason}): refusing to start, since events it holds may not be \
+         in the write-ahead log (restore the data directory from a backup)"
+    )]
+    JournalDamaged { path: String, reason: String },
 }
 
 impl StoreError {
@@ -38,6 +49,24 @@ impl StoreError {
         match self {
             StoreError::Corrupt { seq } | StoreError::Unreadable { seq, .. } => Some(*seq),
             _ => None,
+        }
+    }
+
+    /// This failure, named by the file or directory `path` it concerns (unless it names one
+    /// already), as start-up reports it.
+    #[must_use]
+    pub(super) fn opening(self, path: &std::path::Path) -> StoreError {
+        match self {
+            StoreError::Engine(fjall::Error::JournalRecovery(reason)) => {
+                StoreError::JournalDamaged { path: path.display().to_string(), reason: format!("{reason:?}") }
+            }
+            StoreError::File { .. }
+            | StoreError::Opening { .. }
+            | StoreError::JournalDamaged { .. }
+            | StoreError::InUse { .. }
+            | StoreError::BadHighWaterMark { .. }
+            | StoreError::MissingHighWaterMark { .. } => self,
+            other => StoreError::Opening { path: path.display().to_string(), source: Box::new(other) },
         }
     }
 

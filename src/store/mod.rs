@@ -140,28 +140,31 @@ impl Store {
             if holds_events(&log_dir) {
                 return Err(StoreError::MissingHighWaterMark { path: mark_path.display().to_string() });
             }
-            std::fs::remove_dir_all(&log_dir)?;
+            std::fs::remove_dir_all(&log_dir).map_err(|error| StoreError::from(error).opening(&log_dir))?;
         }
         if fresh && wal_dir.exists() {
             // Appends start only once the mark exists, so this holds no record.
-            std::fs::remove_dir_all(&wal_dir)?;
+            std::fs::remove_dir_all(&wal_dir).map_err(|error| StoreError::from(error).opening(&wal_dir))?;
         }
-        let db = Database::builder(&log_dir).cache_size(config.cache_bytes).open()?;
+        let in_log = |error: fjall::Error| StoreError::from(error).opening(&log_dir);
+        let db = Database::builder(&log_dir).cache_size(config.cache_bytes).open().map_err(in_log)?;
         let options = || KeyspaceCreateOptions::default().max_memtable_size(config.memtable_bytes);
         // Runs go to blob files and the tree keeps only keys and pointers, so compaction
         // never rewrites event bytes: on a 2.3 M-event load this halved the bytes written
         // and cut the fsync stalls that background writes cause.
-        let events = db.keyspace("events", || options().with_kv_separation(Some(KvSeparationOptions::default())))?;
-        let index = db.keyspace("index", options)?;
-        let dedup = db.keyspace("dedup", options)?;
+        let events = db
+            .keyspace("events", || options().with_kv_separation(Some(KvSeparationOptions::default())))
+            .map_err(in_log)?;
+        let index = db.keyspace("index", options).map_err(in_log)?;
+        let dedup = db.keyspace("dedup", options).map_err(in_log)?;
         let high_water = if fresh {
-            db.persist(PersistMode::SyncAll)?;
+            db.persist(PersistMode::SyncAll).map_err(in_log)?;
             sync_tree(&log_dir)?;
-            HighWaterMark::create(&mark_path)?
+            HighWaterMark::create(&mark_path).map_err(|error| error.opening(&mark_path))?
         } else {
-            HighWaterMark::open(&mark_path)?
+            HighWaterMark::open(&mark_path).map_err(|error| error.opening(&mark_path))?
         };
-        let wal = Wal::open(&wal_dir)?;
+        let wal = Wal::open(&wal_dir).map_err(|error| error.opening(&wal_dir))?;
         let store = Store {
             db,
             events,
@@ -175,25 +178,26 @@ impl Store {
             checkpointer: Mutex::new(None),
             _lock: lock,
         };
-        let recovered = store.lock_wal().recover(store.last_seq()?)?;
+        let in_log = |error: StoreError| error.opening(&log_dir);
+        let recovered = store.lock_wal().recover(store.last_seq().map_err(in_log)?).map_err(|e| e.opening(&wal_dir))?;
         for record in recovered {
-            store.replay(record)?;
+            store.replay(record).map_err(|error| error.opening(&wal_dir))?;
         }
-        let head = store.last_seq()?;
+        let head = store.last_seq().map_err(in_log)?;
         let marked = store.high_water_mark();
         if head < marked {
             return Err(StoreError::LostAcknowledged { head, marked });
         }
         if head > 0 {
-            store.get(head)?;
+            store.get(head).map_err(in_log)?;
         }
         // A checkpoint of everything recovered, so every segment can be reused.
-        store.db.persist(PersistMode::SyncData)?;
-        store.lock_mark().advance(head)?;
+        store.db.persist(PersistMode::SyncData).map_err(|error| in_log(error.into()))?;
+        store.lock_mark().advance(head).map_err(|error| error.opening(&mark_path))?;
         for position in [&store.committed, &store.durable, &store.checkpointed] {
             position.store(head, Ordering::Release);
         }
-        store.lock_wal().start(head)?;
+        store.lock_wal().start(head).map_err(|error| error.opening(&wal_dir))?;
         Ok(store)
     }
 

@@ -680,7 +680,11 @@ fn reopen_refuses_a_corrupt_last_event() {
         ks.insert(8u64.to_be_bytes(), run).expect("writes");
     });
     let error = open_err(dir.path());
-    assert!(matches!(error, StoreError::Corrupt { seq: 10 }), "{error:?}");
+    assert!(
+        matches!(&error, StoreError::Opening { source, .. } if matches!(**source, StoreError::Corrupt { seq: 10 })),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains(&dir.path().join("log").display().to_string()), "names the log: {error}");
 }
 
 /// A subject containing 0x00 would sort inside another subject's index range (keys are
