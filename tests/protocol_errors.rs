@@ -69,12 +69,13 @@ async fn control_line_over_4096_bytes_is_refused_before_its_newline_arrives() {
 }
 
 #[tokio::test]
-async fn control_line_of_4096_bytes_is_accepted_and_4097_is_refused() {
+async fn control_line_arguments_of_4096_bytes_are_accepted_and_4097_are_refused() {
     let server = TestServer::start().await;
-    let sub_line = |len: usize| format!("SUB {} 1", "a".repeat(len - "SUB  1".len()));
+    // As nats-server, the limit counts from the first argument.
+    let sub_line = |len: usize| format!("SUB {} 1", "a".repeat(len - " 1".len()));
     let mut client = Raw::quiet(server.addr).await;
     client.send(&format!("{}\r\n", sub_line(4096))).await;
-    assert_eq!(client.sync().await, Vec::<String>::new(), "a 4096-byte control line is fine");
+    assert_eq!(client.sync().await, Vec::<String>::new(), "4096 bytes of arguments are fine");
 
     let input = format!("{}\r\n", sub_line(4097));
     assert_refused_and_closed(server.addr, QUIET, input.as_bytes(), "maximum control line exceeded").await;

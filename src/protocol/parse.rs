@@ -242,21 +242,31 @@ impl Verb {
 /// past its newline; `Ok(None)` while the newline has not arrived.
 ///
 /// # Errors
-/// [`ProtocolError::MaxControlLine`] once more than `limit` bytes ([`MAX_CONTROL_LINE`] for
-/// what a client sends) precede the newline, even before it arrives, so a peer cannot make
-/// the reader buffer without bound.
+/// [`ProtocolError::MaxControlLine`] once the arguments (from the first one, as
+/// nats-server counts) run past `limit` bytes ([`MAX_CONTROL_LINE`] for what a client
+/// sends) before the newline, even before it arrives, so a peer cannot make the reader
+/// buffer without bound. The verb and the blanks after it count towards the limit too once
+/// they pass it, so the whole line never exceeds twice the limit.
 pub(super) fn control_line(buf: &[u8], limit: usize) -> Result<Option<(&[u8], usize)>, ProtocolError> {
-    let scan = &buf[..buf.len().min(limit + 2)];
+    let allowed = limit + arguments_offset(&buf[..buf.len().min(limit)]);
+    let scan = &buf[..buf.len().min(allowed + 2)];
     let Some(newline) = scan.iter().position(|&b| b == b'\n') else {
         // A CR already read may belong to a line of exactly the limit whose LF is coming.
         let pending = buf.len() - usize::from(buf.last() == Some(&b'\r'));
-        return if pending > limit { Err(ProtocolError::MaxControlLine) } else { Ok(None) };
+        return if pending > allowed { Err(ProtocolError::MaxControlLine) } else { Ok(None) };
     };
     let line_end = if newline > 0 && buf[newline - 1] == b'\r' { newline - 1 } else { newline };
-    if line_end > limit {
+    if line_end > allowed {
         return Err(ProtocolError::MaxControlLine);
     }
     Ok(Some((&buf[..line_end], newline + 1)))
+}
+
+/// Where the first argument starts in a line beginning with `start` (past the verb and the
+/// blanks after it), or `start`'s length if it has not been seen yet.
+fn arguments_offset(start: &[u8]) -> usize {
+    let verb = start.iter().position(|&b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')).unwrap_or(start.len());
+    verb + start[verb..].iter().take_while(|&&b| matches!(b, b' ' | b'\t')).count()
 }
 
 /// Up to five blank-separated arguments (`HMSG` with a reply has five); more is an error.

@@ -366,7 +366,7 @@ const UNSUB_USAGE: &str = "Invalid Arguments, expected UNSUB <sid> [max]";
 
 fn must_fail() -> Vec<(Vec<u8>, ProtocolError, &'static str)> {
     use ProtocolError::{InvalidArguments as Args, InvalidConnect, MaxControlLine, MaxPayload, UnknownOperation};
-    let long_line = vec![b'a'; 5000];
+    let long_line = vec![b'a'; 2 * MAX_CONTROL_LINE + 1];
     let long_pub = [b"PUB ", &[b'x'; 5000][..], b" 1\r\n"].concat();
     vec![
         (b"FOO\r\n".to_vec(), UnknownOperation, UNKNOWN),
@@ -456,19 +456,25 @@ fn max_payload_boundary_counts_headers() {
 
 #[test]
 fn control_line_limit_applies_before_the_newline() {
-    let max = vec![b'a'; MAX_CONTROL_LINE];
-    assert!(matches!(parse_client_op(&max, DEFAULT_MAX_PAYLOAD), Ok(None)), "4096 bytes, no newline yet");
-    let over = vec![b'a'; MAX_CONTROL_LINE + 1];
+    let max = [&b"PUB "[..], &vec![b'a'; MAX_CONTROL_LINE]].concat();
+    assert!(matches!(parse_client_op(&max, DEFAULT_MAX_PAYLOAD), Ok(None)), "4096 bytes of arguments, no newline yet");
+    let over = [&b"PUB "[..], &vec![b'a'; MAX_CONTROL_LINE + 1]].concat();
     assert!(matches!(parse_client_op(&over, DEFAULT_MAX_PAYLOAD), Err(ProtocolError::MaxControlLine)));
     let over_with_lf = [&over[..], b"\r\n"].concat();
     assert!(matches!(parse_client_op(&over_with_lf, DEFAULT_MAX_PAYLOAD), Err(ProtocolError::MaxControlLine)));
+    // A line of one endless verb, or of endless blanks, is bounded too.
+    let verb = vec![b'a'; 2 * MAX_CONTROL_LINE + 1];
+    assert!(matches!(parse_client_op(&verb, DEFAULT_MAX_PAYLOAD), Err(ProtocolError::MaxControlLine)));
+    let blanks = [&b"PUB"[..], &vec![b' '; 2 * MAX_CONTROL_LINE]].concat();
+    assert!(matches!(parse_client_op(&blanks, DEFAULT_MAX_PAYLOAD), Err(ProtocolError::MaxControlLine)));
 }
 
-/// A `SUB` whose control line is exactly [`MAX_CONTROL_LINE`] bytes (CR and LF not counted).
+/// A `SUB` whose arguments are exactly [`MAX_CONTROL_LINE`] bytes (CR and LF not counted),
+/// as nats-server counts them: from the first argument.
 fn sub_of_max_len() -> Vec<u8> {
-    let subject = vec![b'x'; MAX_CONTROL_LINE - b"SUB  1".len()];
+    let subject = vec![b'x'; MAX_CONTROL_LINE - b" 1".len()];
     let line = [b"SUB ", &subject[..], b" 1"].concat();
-    assert_eq!(line.len(), MAX_CONTROL_LINE);
+    assert_eq!(line.len() - b"SUB ".len(), MAX_CONTROL_LINE);
     line
 }
 
@@ -486,7 +492,7 @@ fn control_line_of_exactly_the_limit_is_accepted() {
 #[test]
 fn control_line_of_exactly_the_limit_split_between_cr_and_lf() {
     let crlf = [&sub_of_max_len()[..], b"\r\n"].concat();
-    let (head, tail) = crlf.split_at(MAX_CONTROL_LINE + 1);
+    let (head, tail) = crlf.split_at(crlf.len() - 1);
     let r = feed(DEFAULT_MAX_PAYLOAD, &[head, tail]);
     assert!(matches!(r, Ok((ref ops, 0)) if ops.len() == 1), "split after the CR: {r:?}");
 }
