@@ -226,7 +226,8 @@ fn feeds(input: &[u8]) -> Vec<Vec<&[u8]>> {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        let size = if state.is_multiple_of(8) { state % (3 * MAX_CONTROL_LINE as u64) } else { state % 64 } as usize + 1;
+        let size =
+            if state.is_multiple_of(8) { state % (3 * MAX_CONTROL_LINE as u64) } else { state % 64 } as usize + 1;
         let (piece, tail) = rest.split_at(size.min(rest.len()));
         pieces.push(piece);
         rest = tail;
