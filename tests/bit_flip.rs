@@ -642,7 +642,13 @@ fn refusal(status: ExitStatus, stderr: &str, data: &Path, damaged: &Path) -> Out
     if status.success() {
         return Outcome::Crashed(format!("exited with success without serving: {}", stderr.trim()));
     }
-    let names = if message.contains(&damaged.display().to_string()) {
+    // fjall does not say which of its files failed: naming the directory holding the
+    // damaged file is as precise as the message can be.
+    let named = |path: &Path| {
+        let path = path.display().to_string();
+        [": ", " ", ")", ","].iter().any(|end| message.contains(&format!("{path}{end}")))
+    };
+    let names = if damaged.ancestors().take_while(|dir| *dir != data).any(named) {
         Names::DamagedOne
     } else if message.contains(&format!("{}/", data.display())) {
         Names::AnotherOne

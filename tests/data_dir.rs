@@ -122,7 +122,6 @@ async fn a_damaged_journal_is_named_with_what_to_do() {
     bytes[at + 3] ^= 0x01;
     std::fs::write(&journal, &bytes).expect("write");
     let stderr = refusal(&data);
-    let log = data.join("log");
-    assert!(stderr.contains(&format!("fjall's journal in {} is damaged", log.display())), "{stderr}");
+    assert!(stderr.contains(&format!("fjall's journal ({}) is damaged", journal.display())), "{stderr}");
     assert!(stderr.contains("restore the data directory from a backup"), "{stderr}");
 }

@@ -473,8 +473,14 @@ impl Writer {
     /// Reloads the ids still inside the dedup window, so it survives a restart.
     fn load_dedup_window(&mut self) -> Result<(), StoreError> {
         let now = nanos(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default());
-        for entry in self.store.dedup_since(now.saturating_sub(self.dedup_window))? {
-            let revision = self.store.get(entry.seq)?.map_or(0, |event| event.revision);
+        let window_start = now.saturating_sub(self.dedup_window);
+        self.store.check_dedup_window(window_start)?;
+        for (entry, revision) in self.store.dedup_since(window_start)? {
+            let revision = match revision {
+                Some(revision) => revision,
+                // Entries written before they recorded the revision.
+                None => self.store.get(entry.seq)?.map_or(0, |event| event.revision),
+            };
             self.dedup.insert(entry.msg_id.clone(), (entry.seq, revision));
             self.dedup_order.push_back((entry.timestamp, entry.msg_id, entry.seq));
         }

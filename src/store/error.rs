@@ -37,10 +37,17 @@ pub enum StoreError {
     /// the last checkpoint, while fjall's journal holds everything since its last flush,
     /// so it cannot stand in.
     #[error(
-        "fjall's journal in {path} is damaged ({reason}): refusing to start, since events it holds may not be \
+        "fjall's journal ({path}) is damaged ({reason}): refusing to start, since events it holds may not be \
          in the write-ahead log (restore the data directory from a backup)"
     )]
     JournalDamaged { path: String, reason: String },
+    #[error(
+        "fjall lost the message ids of events {first} to {last} (its journal in {path} was damaged) and the write-ahead \
+         log no longer holds them, while the dedup window still covers them: refusing to start, since a retried \
+         publish would be stored twice (restore the data directory from a backup, or restart with \
+         --dedup-window shorter than their age)"
+    )]
+    DedupLost { path: String, first: u64, last: u64 },
 }
 
 impl StoreError {
@@ -58,7 +65,18 @@ impl StoreError {
     pub(super) fn opening(self, path: &std::path::Path) -> StoreError {
         match self {
             StoreError::Engine(fjall::Error::JournalRecovery(reason)) => {
-                StoreError::JournalDamaged { path: path.display().to_string(), reason: format!("{reason:?}") }
+                // fjall does not say which journal file; name them all.
+                let mut journals: Vec<String> = std::fs::read_dir(path)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|entry| entry.path())
+                    .filter(|file| file.extension().is_some_and(|ext| ext == "jnl"))
+                    .map(|file| file.display().to_string())
+                    .collect();
+                journals.sort();
+                let path = if journals.is_empty() { path.display().to_string() } else { journals.join(", ") };
+                StoreError::JournalDamaged { path, reason: format!("{reason:?}") }
             }
             StoreError::File { .. }
             | StoreError::Opening { .. }

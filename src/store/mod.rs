@@ -92,9 +92,24 @@ pub struct Store {
     /// The last sequence fjall holds durably: what the last checkpoint covered.
     checkpointed: AtomicU64,
     checkpointer: Mutex<Option<Checkpointer>>,
+    /// Events whose message ids fjall lost (a damaged journal it cut short) and the
+    /// write-ahead log no longer holds: the broker refuses to start if they are recent
+    /// enough to matter to the dedup window.
+    lost_dedup: Option<std::ops::RangeInclusive<u64>>,
+    /// fjall's directory, to name in refusals.
+    log_dir: std::path::PathBuf,
     /// Held for the store's life: no other server may touch the directory meanwhile.
     _lock: DirLock,
 }
+
+/// Keys under which the `index` and `dedup` keyspaces record the last sequence they
+/// cover, written with every batch. fjall flushes keyspaces separately and cuts a damaged
+/// journal short without an error, so one keyspace can lose a tail another kept; start-up
+/// compares these with the log's head and rebuilds what is missing. Neither can be a real
+/// key: an index key has a non-empty subject before its 0x00, a dedup key a message id
+/// after its timestamp.
+const INDEX_HEAD: &[u8] = b"\x00";
+const DEDUP_HEAD: [u8; 8] = [0xff; 8];
 
 impl Store {
     /// Opens (or creates) the log in `config.data`, replays into fjall what only the
@@ -176,9 +191,13 @@ impl Store {
             durable: AtomicU64::new(0),
             checkpointed: AtomicU64::new(0),
             checkpointer: Mutex::new(None),
+            lost_dedup: None,
+            log_dir: log_dir.clone(),
             _lock: lock,
         };
         let in_log = |error: StoreError| error.opening(&log_dir);
+        let mut store = store;
+        store.repair_tails().map_err(in_log)?;
         let recovered = store.lock_wal().recover(store.last_seq().map_err(in_log)?).map_err(|e| e.opening(&wal_dir))?;
         for record in recovered {
             store.replay(record).map_err(|error| error.opening(&wal_dir))?;
@@ -199,6 +218,91 @@ impl Store {
         }
         store.lock_wal().start(head).map_err(|error| error.opening(&wal_dir))?;
         Ok(store)
+    }
+
+    /// Brings the `index` and `dedup` keyspaces up to the `events` keyspace's last sequence
+    /// where fjall lost their tail: the index is rebuilt from the events; message ids come
+    /// back from the write-ahead log if it still holds them, else the range is noted in
+    /// `lost_dedup`. Logs written before the heads were recorded have none, and are trusted.
+    fn repair_tails(&mut self) -> Result<(), StoreError> {
+        let last = self.last_seq()?;
+        let head_of = |keyspace: &Keyspace, key: &[u8]| -> Result<Option<u64>, StoreError> {
+            Ok(keyspace.get(key)?.map(|value| be_u64(&value)))
+        };
+        if let Some(indexed) = head_of(&self.index, INDEX_HEAD)?.filter(|&indexed| indexed < last) {
+            tracing::warn!(
+                from = indexed + 1,
+                to = last,
+                "the subject index lost its tail; rebuilding it from the log"
+            );
+            self.reindex(indexed + 1, last)?;
+        }
+        if let Some(deduped) = head_of(&self.dedup, &DEDUP_HEAD)?.filter(|&deduped| deduped < last) {
+            let records = self.lock_wal().recover(deduped)?;
+            if records.first().is_some_and(|record| record.first == deduped + 1) {
+                tracing::warn!(
+                    from = deduped + 1,
+                    to = last,
+                    "the dedup window lost its tail; restored from the write-ahead log"
+                );
+                let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
+                for record in records.iter().filter(|record| record.first <= last) {
+                    let run = Run::parse(record.first, record.events.clone())?;
+                    for entry in &record.dedup {
+                        let revision = run.event(entry.seq)?.map(|event| event.revision);
+                        batch.insert(&self.dedup, dedup_key(entry), dedup_value(entry.seq, revision));
+                    }
+                }
+                batch.insert(&self.dedup, DEDUP_HEAD, last.to_be_bytes());
+                batch.commit()?;
+            } else {
+                self.lost_dedup = Some(deduped + 1..=last);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the index entries of the events in `from..=to` again, run by run, as
+    /// [`Store::insert`] wrote them.
+    fn reindex(&self, from: u64, to: u64) -> Result<(), StoreError> {
+        let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
+        for guard in self.events.range(from.to_be_bytes()..=to.to_be_bytes()) {
+            let (key, value) = guard.into_inner()?;
+            let run = Run::parse(be_u64(&key), Bytes::from(value))?;
+            let events = (run.first()..=run.last())
+                .map(|seq| run.event(seq)?.ok_or(StoreError::Corrupt { seq }))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut index = RunIndex::default();
+            for event in &events {
+                index.add(&event.subject, event.seq, event.revision);
+            }
+            for (key, value) in index.drain() {
+                batch.insert(&self.index, key, value);
+            }
+        }
+        batch.insert(&self.index, INDEX_HEAD, to.to_be_bytes());
+        batch.commit()?;
+        Ok(())
+    }
+
+    /// The events whose message ids were lost with a damaged journal, if any (see
+    /// [`Store::open`]).
+    pub fn lost_dedup(&self) -> Option<std::ops::RangeInclusive<u64>> {
+        self.lost_dedup.clone()
+    }
+
+    /// Whether message ids were lost (see [`Store::lost_dedup`]) for events appended at or
+    /// after `window_start`: a dedup window starting there would miss them.
+    ///
+    /// # Errors
+    /// [`StoreError::DedupLost`] if so; read failures.
+    pub fn check_dedup_window(&self, window_start: u64) -> Result<(), StoreError> {
+        let Some(lost) = &self.lost_dedup else { return Ok(()) };
+        let newest = self.get(*lost.end())?.map_or(u64::MAX, |event| event.timestamp);
+        if newest < window_start {
+            return Ok(());
+        }
+        Err(StoreError::DedupLost { path: self.log_dir.display().to_string(), first: *lost.start(), last: *lost.end() })
     }
 
     /// Writes a record read back from the write-ahead log into fjall.
@@ -321,13 +425,16 @@ impl Store {
             }
         }
         for entry in dedup {
-            let mut key = Vec::with_capacity(8 + entry.msg_id.len());
-            key.extend_from_slice(&entry.timestamp.to_be_bytes());
-            key.extend_from_slice(&entry.msg_id);
-            batch.insert(&self.dedup, key, entry.seq.to_be_bytes());
+            // The revision too, so a duplicate is answered without reading its event.
+            let revision = events.iter().find(|event| event.seq == entry.seq).map(|event| event.revision);
+            batch.insert(&self.dedup, dedup_key(entry), dedup_value(entry.seq, revision));
         }
         for key in expired {
             batch.remove(&self.dedup, key.clone());
+        }
+        if let Some(last) = events.last() {
+            batch.insert(&self.index, INDEX_HEAD, last.seq.to_be_bytes());
+            batch.insert(&self.dedup, DEDUP_HEAD, last.seq.to_be_bytes());
         }
         batch.commit()?;
         Ok(())
@@ -450,7 +557,14 @@ impl Store {
         match index {
             Some((name, exact)) => {
                 let listed = if exact { limit.min(SCAN_BUDGET) } else { SCAN_BUDGET };
-                let seqs = self.indexed(&name, from, to, listed)?;
+                let seqs = match self.indexed(&name, from, to, listed) {
+                    Ok(seqs) => seqs,
+                    // The index only speeds reads up: where it cannot be read, scan the log.
+                    Err(error) => {
+                        tracing::warn!(%error, from, to, "the subject index cannot be read; scanning the log instead");
+                        return self.read_matching(None, wanted, from, to, limit);
+                    }
+                };
                 let mut run: Option<Run> = None;
                 for &seq in &seqs {
                     let event = (|| {
@@ -573,7 +687,15 @@ impl Store {
     pub fn last_of_subject(&self, subject: &[u8], head: u64) -> Result<Option<(u64, u64)>, StoreError> {
         let mut name = subject.to_vec();
         name.push(0);
-        self.last_indexed(&name, head)
+        match self.last_indexed(&name, head) {
+            Ok(last) => Ok(last),
+            Err(error) => {
+                tracing::warn!(%error, "the subject index cannot be read; scanning the log instead");
+                let scan = |from, to| self.read_matching(None, |event: &[u8]| event == subject, from, to, usize::MAX);
+                let last = last_read_backwards(scan, 0, head)?;
+                Ok(last.map(|event| (event.seq, event.revision)))
+            }
+        }
     }
 
     /// The highest sequence in `after+1..=head` whose subject matches `filter`, if any:
@@ -585,20 +707,13 @@ impl Store {
         if after >= head {
             return Ok(None);
         }
-        if let (Some(name), true) = (name_of(filter), is_exact(filter)) {
-            let last = self.last_indexed(&name, head)?.map(|(seq, _)| seq);
-            return Ok(last.filter(|&seq| seq > after));
+        if let (Some(name), true) = (name_of(filter), is_exact(filter))
+            && let Ok(last) = self.last_indexed(&name, head)
+        {
+            return Ok(last.map(|(seq, _)| seq).filter(|&seq| seq > after));
         }
-        let mut seq = head;
-        while seq > after {
-            let from = seq.saturating_sub(SCAN_BUDGET as u64 - 1).max(after + 1);
-            let chunk = self.read(filter, from, seq, usize::MAX)?;
-            if let Some(last) = chunk.events.last() {
-                return Ok(Some(last.seq));
-            }
-            seq = from - 1;
-        }
-        Ok(None)
+        let last = last_read_backwards(|from, to| self.read(filter, from, to, usize::MAX), after, head)?;
+        Ok(last.map(|event| event.seq))
     }
 
     /// The first sequence whose timestamp is at or after `timestamp` (or `head + 1`), by
@@ -649,21 +764,24 @@ impl Store {
         Ok(last)
     }
 
-    /// Dedup entries recorded at or after `timestamp`, oldest first.
+    /// Dedup entries recorded at or after `timestamp`, oldest first, each with its event's
+    /// revision where the entry records it (entries written before it did return `None`).
     ///
     /// # Errors
     /// Engine failures.
-    pub fn dedup_since(&self, timestamp: u64) -> Result<Vec<DedupEntry>, StoreError> {
+    pub fn dedup_since(&self, timestamp: u64) -> Result<Vec<(DedupEntry, Option<u64>)>, StoreError> {
         self.dedup
             .range(timestamp.to_be_bytes()..)
             .map(|guard| {
                 let (key, value) = guard.into_inner()?;
-                Ok(DedupEntry {
+                let entry = DedupEntry {
                     timestamp: be_u64(&key),
                     msg_id: Bytes::copy_from_slice(key.get(8..).unwrap_or_default()),
                     seq: be_u64(&value),
-                })
+                };
+                Ok((entry, value.get(8..16).map(be_u64)))
             })
+            .filter(|entry| !matches!(entry, Ok((DedupEntry { msg_id, .. }, _)) if msg_id.is_empty()))
             .collect()
     }
 
@@ -675,6 +793,41 @@ impl Store {
     pub fn dedup_expired(&self, timestamp: u64, limit: usize) -> Result<Vec<Slice>, StoreError> {
         self.dedup.range(..timestamp.to_be_bytes()).take(limit).map(|guard| Ok(guard.key()?)).collect()
     }
+}
+
+/// The last event `read` finds in `after+1..=head`, reading backwards a bounded chunk at a
+/// time.
+fn last_read_backwards(
+    read: impl Fn(u64, u64) -> Result<Chunk, StoreError>,
+    after: u64,
+    head: u64,
+) -> Result<Option<Event>, StoreError> {
+    let mut seq = head;
+    while seq > after {
+        let from = seq.saturating_sub(SCAN_BUDGET as u64 - 1).max(after + 1);
+        let mut chunk = read(from, seq)?;
+        if let Some(last) = chunk.events.pop() {
+            return Ok(Some(last));
+        }
+        seq = from - 1;
+    }
+    Ok(None)
+}
+
+fn dedup_key(entry: &DedupEntry) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + entry.msg_id.len());
+    key.extend_from_slice(&entry.timestamp.to_be_bytes());
+    key.extend_from_slice(&entry.msg_id);
+    key
+}
+
+/// A dedup entry's value: the event's sequence, and its revision when known.
+fn dedup_value(seq: u64, revision: Option<u64>) -> Vec<u8> {
+    let mut value = seq.to_be_bytes().to_vec();
+    if let Some(revision) = revision {
+        value.extend_from_slice(&revision.to_be_bytes());
+    }
+    value
 }
 
 /// A read that met damage at `seq`: the events before it, with the next read starting at

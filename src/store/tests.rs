@@ -12,7 +12,8 @@ use bytes::Bytes;
 use fjall::{Database, KeyspaceCreateOptions, Slice};
 use tempfile::TempDir;
 
-use super::{DedupEntry, Event, Store, StoreError};
+use super::index::key_seq;
+use super::{DEDUP_HEAD, DedupEntry, Event, INDEX_HEAD, Store, StoreError};
 use crate::config::{SCAN_BUDGET, StoreConfig};
 use crate::subject::{Filter, Subject, matches};
 
@@ -375,10 +376,15 @@ fn dedup_window_lists_expires_and_removes() {
     store.append(&events[..4], &entries, &[]).expect("appends");
     let (m1, m2, m0, m3) = (&entries[0], &entries[1], &entries[2], &entries[3]);
 
-    assert_eq!(store.dedup_since(0).expect("since"), [m1, m0, m2, m3].map(Clone::clone));
-    assert_eq!(store.dedup_since(200).expect("since"), [m0, m2, m3].map(Clone::clone));
-    assert_eq!(store.dedup_since(201).expect("since"), std::slice::from_ref(m3));
-    assert!(store.dedup_since(301).expect("since").is_empty());
+    let since =
+        |timestamp| store.dedup_since(timestamp).expect("since").into_iter().map(|(e, _)| e).collect::<Vec<_>>();
+    assert_eq!(since(0), [m1, m0, m2, m3].map(Clone::clone));
+    assert_eq!(since(200), [m0, m2, m3].map(Clone::clone));
+    assert_eq!(since(201), std::slice::from_ref(m3));
+    assert!(since(301).is_empty());
+    let revisions: Vec<_> = store.dedup_since(0).expect("since").into_iter().map(|(e, rev)| (e.seq, rev)).collect();
+    let expected: Vec<_> = [1, 3, 2, 4].iter().map(|&seq| (seq, Some(events[seq as usize - 1].revision))).collect();
+    assert_eq!(revisions, expected, "each entry records its event's revision");
 
     let key = |e: &DedupEntry| Slice::from([&e.timestamp.to_be_bytes()[..], &e.msg_id[..]].concat());
     assert!(store.dedup_expired(100, 10).expect("expired").is_empty());
@@ -387,7 +393,7 @@ fn dedup_window_lists_expires_and_removes() {
     assert_eq!(expired, [key(m1), key(m0)]);
 
     store.append(&events[4..], &[], &expired).expect("appends");
-    assert_eq!(store.dedup_since(0).expect("since"), [m2, m3].map(Clone::clone));
+    assert_eq!(since(0), [m2, m3].map(Clone::clone));
     assert_eq!(store.last_seq().expect("last"), 5);
 }
 
@@ -404,7 +410,7 @@ fn reopen_keeps_events_indexes_and_dedup_and_appends_continue() {
     for event in &events {
         assert_eq!(store.get(event.seq).expect("get").as_ref(), Some(event));
     }
-    assert_eq!(store.dedup_since(0).expect("since"), [dedup(500, "kept", 9)]);
+    assert_eq!(store.dedup_since(0).expect("since"), [(dedup(500, "kept", 9), None)]);
 
     // Continue the timeline after the reopen, then check everything once more after another.
     let more = make_events(EVENTS + 6).split_off(EVENTS as usize);
@@ -626,11 +632,69 @@ fn recovery_stops_at_a_damaged_record_and_never_resumes_past_it() {
 /// Rewrites stored runs with fjall directly (the `log` dir and `events` keyspace are the
 /// documented layout), as a disk or a bug below the store could.
 fn tamper(dir: &Path, edit: impl FnOnce(&fjall::Keyspace)) {
+    tamper_keyspace(dir, "events", edit);
+}
+
+fn tamper_keyspace(dir: &Path, name: &str, edit: impl FnOnce(&fjall::Keyspace)) {
     let db = Database::builder(dir.join("log")).open().expect("opens fjall");
-    let events = db.keyspace("events", KeyspaceCreateOptions::default).expect("events keyspace");
-    edit(&events);
-    drop(events);
+    let keyspace = db.keyspace(name, KeyspaceCreateOptions::default).expect("keyspace");
+    edit(&keyspace);
+    drop(keyspace);
     drop(db);
+}
+
+/// What fjall leaves when it cuts a damaged journal short after the events keyspace was
+/// flushed but not the index and dedup ones: their last batches are gone. Start-up must
+/// rebuild the index from the events, and the message ids from the write-ahead log while
+/// it holds them (else name the range lost).
+#[test]
+fn keyspaces_that_lost_their_tail_are_rebuilt_or_the_loss_is_named() {
+    for wal_covers in [true, false] {
+        let dir = TempDir::new().expect("temp dir");
+        let store = open(dir.path()).expect("opens");
+        let events = make_events(20);
+        store.append(&events[..10], &[dedup(100, "early", 3)], &[]).expect("appends");
+        store.append(&events[10..], &[dedup(200, "late", 15)], &[]).expect("appends");
+        store.sync().expect("syncs");
+        store.close();
+        drop(store);
+        if !wal_covers {
+            // As once its segments were reused: everything was checkpointed into fjall.
+            std::fs::remove_dir_all(dir.path().join("wal")).expect("removes the write-ahead log");
+        }
+        for name in ["index", "dedup"] {
+            tamper_keyspace(dir.path(), name, |keyspace| {
+                let tail: Vec<_> = keyspace
+                    .iter()
+                    .map(|guard| guard.into_inner().expect("reads"))
+                    .filter(|(key, value)| {
+                        name == "dedup" && key.ends_with(b"late")
+                            || name == "index" && key.len() > 8 && key_seq(key) > 10 && !value.is_empty()
+                    })
+                    .map(|(key, _)| key)
+                    .collect();
+                for key in tail {
+                    keyspace.remove(key).expect("removes");
+                }
+                let head = if name == "index" { INDEX_HEAD.to_vec() } else { DEDUP_HEAD.to_vec() };
+                keyspace.insert(head, 10u64.to_be_bytes()).expect("writes");
+            });
+        }
+        let store = open(dir.path()).expect("reopens");
+        for text in FILTERS.split_whitespace() {
+            assert_eq!(read_paged(&store, text, 1, 20, 4), naive(&events, text, 1, 20), "{text} after the rebuild");
+        }
+        let last = events.iter().rev().find(|e| e.subject == events[19].subject).expect("an event");
+        assert_eq!(store.last_of_subject(&last.subject, 20).expect("last"), Some((last.seq, last.revision)));
+        let ids: Vec<_> = store.dedup_since(0).expect("since").into_iter().map(|(e, _)| e.msg_id).collect();
+        if wal_covers {
+            assert_eq!(ids, ["early", "late"], "message ids restored from the write-ahead log");
+            assert_eq!(store.lost_dedup(), None);
+        } else {
+            assert_eq!(ids, ["early"]);
+            assert_eq!(store.lost_dedup(), Some(11..=20), "the lost range is named");
+        }
+    }
 }
 
 /// The records (`len u32 | event`) of a stored run, each with its length prefix.
