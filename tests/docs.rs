@@ -47,6 +47,7 @@ fn every_refusal() -> Vec<(Refusal, Vec<(&'static str, &'static str)>)> {
     let all = vec![
         (Refusal::NotKeyValue(text("K")), vec![]),
         (Refusal::UnknownOption(text("K")), vec![]),
+        (Refusal::MsgIdTooLong, vec![]),
         (Refusal::NotANumber(text("K")), vec![]),
         (Refusal::BadUnchangedSince, vec![]),
         (Refusal::BadHeader { header: "H", reason: "R" }, vec![]),
@@ -78,6 +79,7 @@ fn every_refusal() -> Vec<(Refusal, Vec<(&'static str, &'static str)>)> {
         match refusal {
             Refusal::NotKeyValue(_)
             | Refusal::UnknownOption(_)
+            | Refusal::MsgIdTooLong
             | Refusal::NotANumber(_)
             | Refusal::BadUnchangedSince
             | Refusal::BadHeader { .. }

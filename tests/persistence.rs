@@ -430,6 +430,30 @@ async fn subjects_of_more_than_256_tokens_are_refused_and_256_are_stored() {
     assert_eq!(events.iter().map(common::Hmsg::seq).collect::<Vec<_>>(), vec![1], "read through the index prefix");
 }
 
+/// Keys the store could not hold: a 70,000-byte message id once killed the writer thread,
+/// and a 70,000-byte filter in a `$EL.` body a reader.
+#[tokio::test]
+async fn over_long_message_ids_and_filters_are_refused_and_the_server_goes_on() {
+    let server = TestServer::start().await;
+    let mut client = publisher(&server).await;
+    let id = "i".repeat(70_000);
+    let long = apub_headers("long.id", &[("Nats-Msg-Id", &id)], "", "x");
+    assert_eq!(request(&mut client, &long).await, nak("message id longer than 1024 bytes"));
+    let filter = format!("{}.>", "f".repeat(70_000));
+    let body = format!(r#"{{"filters":["{filter}"]}}"#);
+    client.send("SUB _INBOX.fetch 9\r\n").await;
+    client.send(&format!("PUB $EL.FETCH _INBOX.fetch {}\r\n{body}\r\n", body.len())).await;
+    let answer = client.sync().await;
+    assert_eq!(
+        answer.len(),
+        2,
+        "one JSON error: {:?}",
+        answer.iter().map(|l| &l[..l.len().min(80)]).collect::<Vec<_>>()
+    );
+    assert!(answer[1].contains("longer than 4096 bytes"), "{}", &answer[1][answer[1].len() - 80..]);
+    assert_eq!(request(&mut client, &apub("long.id", "msg-id=short", "ok")).await, ack(1, 1), "the writer is alive");
+}
+
 #[tokio::test]
 async fn a_stored_header_block_with_a_status_is_refused_so_no_event_can_pass_for_a_marker() {
     let server = TestServer::start().await;

@@ -68,10 +68,14 @@ impl Delivery {
         completions: Vec<Completion>,
         pending: impl IntoIterator<Item = Append>,
     ) {
-        warn!(%failure, "answering the current batch with storage failures");
         let mut wakes = Wakes::default();
+        let mut refused = 0;
         for append in completions.into_iter().filter_map(Completion::into_append).chain(pending) {
             append.refuse(failure, &mut wakes);
+            refused += 1;
+        }
+        if refused > 0 {
+            warn!(%failure, refused, "publishes answered with a storage failure");
         }
     }
 }

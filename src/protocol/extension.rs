@@ -51,7 +51,7 @@ impl PublishOptions {
                 .transpose()
         };
         Ok(PublishOptions {
-            msg_id: headers::value(block, headers::MSG_ID).filter(|v| !v.is_empty()).map(Bytes::copy_from_slice),
+            msg_id: headers::value(block, headers::MSG_ID).filter(|v| !v.is_empty()).map(msg_id).transpose()?,
             expected_last_seq: number(headers::EXPECTED_LAST_SEQUENCE)?,
             expected_last_subject_seq: number(headers::EXPECTED_LAST_SUBJECT_SEQUENCE)?,
             expected_revision: number(headers::EXPECTED_REVISION)?,
@@ -71,7 +71,7 @@ impl PublishOptions {
             let (key, value) = pair?;
             let number = || value.parse::<u64>().map_err(|_| Refusal::NotANumber(key.to_owned()));
             match key {
-                "msg-id" if !value.is_empty() => options.msg_id = Some(Bytes::copy_from_slice(value.as_bytes())),
+                "msg-id" if !value.is_empty() => options.msg_id = Some(msg_id(value.as_bytes())?),
                 "expect-seq" => options.expected_last_seq = Some(number()?),
                 "expect-subject-seq" => options.expected_last_subject_seq = Some(number()?),
                 "expect-rev" => options.expected_revision = Some(number()?),
@@ -92,6 +92,18 @@ impl PublishOptions {
 }
 
 /// "Reject if any event matching one of `filters` was appended after sequence `after`":
+/// Longest message id: ids are kept in memory for the dedup window and are keys of the
+/// store, whose keys are bounded.
+pub const MAX_MSG_ID_BYTES: usize = 1024;
+
+/// A message id, copied out of the frame it arrived in.
+fn msg_id(value: &[u8]) -> Result<Bytes, Refusal> {
+    if value.len() > MAX_MSG_ID_BYTES {
+        return Err(Refusal::MsgIdTooLong);
+    }
+    Ok(Bytes::copy_from_slice(value))
+}
+
 /// one decision guarded by several streams (a dynamic consistency boundary).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unchanged {
@@ -403,6 +415,10 @@ mod tests {
             PublishOptions::from_headers(b"NATS/1.0\r\nNats-Expected-Last-Sequence: x\r\n\r\n").expect_err("invalid");
         assert!(matches!(bad, Refusal::BadHeader { header: headers::EXPECTED_LAST_SEQUENCE, .. }));
         assert!(PublishOptions::from_headers(b"NATS/1.0\r\nEventline-Unchanged-Since: 5\r\n\r\n").is_err());
+        let long_id = "i".repeat(MAX_MSG_ID_BYTES + 1);
+        let block = format!("NATS/1.0\r\nNats-Msg-Id: {long_id}\r\n\r\n");
+        assert_eq!(PublishOptions::from_headers(block.as_bytes()), Err(Refusal::MsgIdTooLong));
+        assert_eq!(PublishOptions::parse(format!("msg-id={long_id}").as_bytes(), None), Err(Refusal::MsgIdTooLong));
         for (block, reason) in [
             (&b"NATS/1.0 100 Caught Up\r\nNats-Last-Sequence: 3\r\n\r\n"[..], "a stored event cannot carry a status"),
             (b"NATS/1.0 204\r\n\r\n", "a stored event cannot carry a status"),

@@ -10,6 +10,8 @@ pub enum Refusal {
     /// An option word without `=`.
     #[error("option {0} is not key=value")]
     NotKeyValue(String),
+    #[error("message id longer than 1024 bytes")]
+    MsgIdTooLong,
     #[error("unknown option {0}")]
     UnknownOption(String),
     /// A numeric option whose value is not a non-negative integer.

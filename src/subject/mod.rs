@@ -42,12 +42,18 @@ pub enum SubjectError {
     /// More than [`MAX_SUBJECT_TOKENS`] tokens.
     #[error("more than 256 tokens")]
     TooManyTokens,
+    /// More than [`MAX_SUBJECT_BYTES`] bytes.
+    #[error("longer than 4096 bytes")]
+    TooLong,
 }
 
 /// Most tokens a subject or filter may have. nats-server sets none, but no subject needs
 /// more, and this bounds what one subject costs the subscription trie (a level per token)
 /// and the matcher. A subject's length is bounded by the control line it arrives on.
 pub const MAX_SUBJECT_TOKENS: usize = 256;
+/// Longest subject or filter, as long as a control line may carry: a `$EL.` JSON body
+/// could otherwise name a longer one than the store's keys may hold.
+pub const MAX_SUBJECT_BYTES: usize = 4096;
 
 /// A literal subject, valid to publish to: no wildcard tokens.
 ///
@@ -224,6 +230,9 @@ fn validate(bytes: &[u8], allow_wildcards: bool) -> Result<(), SubjectError> {
     if bytes.is_empty() {
         return Err(SubjectError::Empty);
     }
+    if bytes.len() > MAX_SUBJECT_BYTES {
+        return Err(SubjectError::TooLong);
+    }
     let mut after_gt = false;
     for (i, token) in bytes.split(|&b| b == b'.').enumerate() {
         if i == MAX_SUBJECT_TOKENS {
@@ -296,6 +305,9 @@ mod tests {
         assert_eq!(validate(subject(MAX_SUBJECT_TOKENS).as_bytes(), false), Ok(()));
         assert_eq!(validate(subject(MAX_SUBJECT_TOKENS + 1).as_bytes(), true), Err(TooManyTokens));
         assert_eq!(TooManyTokens.to_string(), format!("more than {MAX_SUBJECT_TOKENS} tokens"));
+        assert_eq!(validate(&vec![b'a'; MAX_SUBJECT_BYTES], true), Ok(()));
+        assert_eq!(validate(&vec![b'a'; MAX_SUBJECT_BYTES + 1], true), Err(TooLong));
+        assert_eq!(TooLong.to_string(), format!("longer than {MAX_SUBJECT_BYTES} bytes"));
     }
 
     #[test]
