@@ -476,11 +476,13 @@ async fn apub_round_trip(addr: SocketAddr) -> Result<Duration, String> {
     tokio::time::timeout(SETTLE_WITHIN, attempt).await.unwrap_or_else(|_| Err(format!("no +ACK in {SETTLE_WITHIN:?}")))
 }
 
-/// The panics in a server's stderr, each as its first line (where) and the next (what).
+/// The panics in a server's stderr, each as its first line (which thread, where) and the
+/// next (what). A panic in a task that the runtime caught counts too: it is a bug all the
+/// same, and the log line reporting the failed task is not counted again.
 fn panics(stderr: &str) -> Vec<String> {
     let lines: Vec<&str> = stderr.lines().collect();
     (0..lines.len())
-        .filter(|&i| lines[i].contains("panicked"))
+        .filter(|&i| lines[i].contains("panicked at"))
         .map(|i| lines[i..lines.len().min(i + 2)].join(" "))
         .collect()
 }
