@@ -430,6 +430,9 @@ impl Settling {
 
     /// What failed, if anything.
     fn failures(&self) -> Vec<String> {
+        if let Some(error) = &self.error {
+            return vec![format!("the server could not be watched settling: {error}")];
+        }
         let mut failures = Vec::new();
         let (last_cpu, last_rss_kb) = self.windows.last().copied().unwrap_or_default();
         if self.idle_after.is_none() {
