@@ -354,8 +354,19 @@ pub fn parse_ack(line: &str) -> (u64, u64, bool) {
 /// Runs the real binary, `eventline serve --port 0 --data <data> <extra...>`, and returns
 /// it with the address it announced on its first stdout line. Blocking.
 pub fn spawn_binary(data: &std::path::Path, extra: &[&str]) -> (std::process::Child, SocketAddr) {
+    spawn_command(std::process::Command::new(env!("CARGO_BIN_EXE_eventline")), data, extra)
+}
+
+/// [`spawn_binary`] with a command the caller prepared: another build of the binary (a
+/// release one, to measure what a debug build is too slow to show), or stderr redirected
+/// (to look for panics in it afterwards).
+pub fn spawn_command(
+    mut command: std::process::Command,
+    data: &std::path::Path,
+    extra: &[&str],
+) -> (std::process::Child, SocketAddr) {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_eventline"))
+    let mut child = command
         .args(["serve", "--port", "0", "--log-level", "warn", "--data"])
         .arg(data)
         .args(extra)
