@@ -8,14 +8,12 @@ mod common;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use common::{Raw, TIMEOUT, parse_ack, spawn_binary, wait_exit};
+use common::{KillOnDrop, Raw, TIMEOUT, parse_ack, spawn_binary};
 use eventline::config::StoreConfig;
 use eventline::store::Store;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -34,7 +32,7 @@ const ACKS_PER_CYCLE: usize = 500;
 /// The binary, serving on a port-0 listener; killed when dropped (if still running).
 struct Server {
     /// `None` once killed and reaped.
-    child: Option<Child>,
+    child: Option<KillOnDrop>,
     addr: SocketAddr,
 }
 
@@ -45,26 +43,15 @@ impl Server {
         let data = data.to_owned();
         let started = tokio::task::spawn_blocking(move || {
             let (child, addr) = spawn_binary(&data, &["--fsync", "always"]);
-            Server { child: Some(child), addr }
+            Server { child: Some(KillOnDrop(child)), addr }
         });
         tokio::time::timeout(TIMEOUT, started).await.expect("the server starts in time").expect("spawn task")
     }
 
     /// SIGKILL, and waits for the process to be gone (so its lock on the log is released).
     async fn kill(mut self) {
-        let mut child = self.child.take().expect("a running server");
-        child.kill().expect("SIGKILL");
-        let status = wait_exit(child).await;
-        assert_eq!(status.signal(), Some(9), "the server was running until killed: {status:?}");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let mut server = self.child.take().expect("a running server");
+        tokio::task::spawn_blocking(move || server.kill()).await.expect("killed");
     }
 }
 

@@ -11,14 +11,13 @@ mod lazyfs;
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::net::SocketAddr;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Raw, TIMEOUT, ack_seq, wait_exit};
+use common::{KillOnDrop, Raw, TIMEOUT, ack_seq};
 use lazyfs::LazyFs;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -52,7 +51,7 @@ fn fsync_dir(dir: &Path) {
 /// The binary, serving on a port-0 listener; killed when dropped (if still running).
 struct Server {
     /// `None` once killed and reaped.
-    child: Option<Child>,
+    child: Option<KillOnDrop>,
     addr: SocketAddr,
 }
 
@@ -73,7 +72,7 @@ impl Server {
             let stdout = child.stdout.take().expect("stdout");
             std::io::BufReader::new(stdout).read_line(&mut line).expect("read the address line");
             match line.trim().strip_prefix("listening on ") {
-                Some(addr) => Ok(Server { child: Some(child), addr: addr.parse().expect("an address") }),
+                Some(addr) => Ok(Server { child: Some(KillOnDrop(child)), addr: addr.parse().expect("an address") }),
                 None => {
                     let status = child.wait().expect("wait");
                     let stderr = std::fs::read_to_string(&log).unwrap_or_default();
@@ -86,19 +85,8 @@ impl Server {
 
     /// SIGKILL, and waits for the process to be gone (so no file on the mount is open).
     async fn kill(mut self) {
-        let mut child = self.child.take().expect("a running server");
-        child.kill().expect("SIGKILL");
-        let status = wait_exit(child).await;
-        assert_eq!(status.signal(), Some(9), "the server was running until killed: {status:?}");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let mut server = self.child.take().expect("a running server");
+        tokio::task::spawn_blocking(move || server.kill()).await.expect("killed");
     }
 }
 

@@ -387,6 +387,16 @@ pub fn spawn_command(
 /// nothing running.
 pub struct KillOnDrop(pub std::process::Child);
 
+impl KillOnDrop {
+    /// SIGKILL, and waits for the process to be gone (so its files are closed and its lock
+    /// released), asserting it was running until then.
+    pub fn kill(&mut self) {
+        self.0.kill().expect("SIGKILL");
+        let status = self.0.wait().expect("wait");
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "running until killed: {status:?}");
+    }
+}
+
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
