@@ -233,8 +233,10 @@ pub const WRITER_BATCH_APPENDS: usize = 4096;
 /// Payload bytes one writer batch takes at most (and at most a quarter of `max_pending`): a
 /// batch is fanned out at once, so one batch alone never makes a subscriber a slow consumer.
 pub const WRITER_BATCH_BYTES: usize = 4 * 1024 * 1024;
-/// Subjects whose last sequence and revision the writer keeps in memory.
+/// Subjects whose last sequence and revision the writer keeps in memory...
 pub const WRITER_SUBJECT_CACHE: usize = 100_000;
+/// ...and the bytes of those subjects at most, so that long subjects cannot buy memory.
+pub const WRITER_SUBJECT_CACHE_BYTES: usize = 8 * 1024 * 1024;
 /// Handoffs that may wait for the finisher (each batch is two: written, stored) before the
 /// writer waits too, so a slow disk holds publishers back instead of piling batches up.
 pub const FINISHER_QUEUE_HANDOFFS: usize = 8;

@@ -31,7 +31,7 @@ use super::recent::Recent;
 use super::router::Router;
 use crate::config::{
     Config, FsyncPolicy, WRITER_BATCH_APPENDS, WRITER_BATCH_BYTES, WRITER_QUEUE_APPENDS, WRITER_QUEUE_REQUESTS,
-    WRITER_SUBJECT_CACHE,
+    WRITER_SUBJECT_CACHE, WRITER_SUBJECT_CACHE_BYTES,
 };
 use crate::essential;
 use crate::protocol::Refusal;
@@ -94,6 +94,7 @@ impl Timeline {
             head,
             last_timestamp,
             subjects: HashMap::new(),
+            subject_bytes: 0,
             dedup: HashMap::new(),
             dedup_order: VecDeque::new(),
             dedup_backlog: true,
@@ -167,6 +168,8 @@ struct Writer {
     last_timestamp: u64,
     /// subject -> (last sequence, revision), for revisions and condition checks.
     subjects: HashMap<Bytes, (u64, u64)>,
+    /// The bytes of the subjects in `subjects`.
+    subject_bytes: usize,
     /// msg id -> (sequence, revision) within the dedup window, and the ids by time.
     dedup: HashMap<Bytes, (u64, u64)>,
     dedup_order: VecDeque<(u64, Bytes, u64)>,
@@ -328,8 +331,9 @@ impl Writer {
     /// Checks the conditions of a batch's appends and assigns the admitted ones their
     /// sequences. A failure answers the whole batch with storage failures.
     fn admit_batch(&mut self, batch: &mut Vec<Request>) -> Result<Admission, StoreError> {
-        if self.subjects.len() > WRITER_SUBJECT_CACHE {
+        if self.subjects.len() > WRITER_SUBJECT_CACHE || self.subject_bytes > WRITER_SUBJECT_CACHE_BYTES {
             self.subjects.clear();
+            self.subject_bytes = 0;
         }
         let mut events = Vec::new();
         let mut new_dedup = Vec::new();
@@ -405,10 +409,21 @@ impl Writer {
             return Ok(last);
         }
         let last = self.store.last_of_subject(subject, self.head)?.unwrap_or((0, 0));
-        // A copy: the subject is a slice of the publisher's read buffer, and a cache entry
-        // holding it would keep that whole buffer (payloads included) alive.
-        self.subjects.insert(Bytes::copy_from_slice(subject), last);
+        self.remember_subject(subject, last);
         Ok(last)
+    }
+
+    /// Caches a subject's last sequence and revision under a copy of the subject: it is a
+    /// slice of the publisher's read buffer, and a cache entry holding it would keep that
+    /// whole buffer (payloads included) alive.
+    fn remember_subject(&mut self, subject: &[u8], last: (u64, u64)) {
+        match self.subjects.get_mut(subject) {
+            Some(known) => *known = last,
+            None => {
+                self.subject_bytes += subject.len();
+                self.subjects.insert(Bytes::copy_from_slice(subject), last);
+            }
+        }
     }
 
     /// Assigns an admitted append its place in the log.
@@ -427,12 +442,7 @@ impl Writer {
         self.head = seq;
         self.last_timestamp = timestamp;
         let message = &append.message;
-        match self.subjects.get_mut(&message.subject) {
-            Some(last) => *last = (seq, revision),
-            None => {
-                self.subjects.insert(Bytes::copy_from_slice(&message.subject), (seq, revision));
-            }
-        }
+        self.remember_subject(&message.subject, (seq, revision));
         if let Some(msg_id) = &append.options.msg_id {
             self.dedup.insert(msg_id.clone(), (seq, revision));
             self.dedup_order.push_back((timestamp, msg_id.clone(), seq));
