@@ -31,8 +31,7 @@ const ACKS_PER_CYCLE: usize = 500;
 
 /// The binary, serving on a port-0 listener; killed when dropped (if still running).
 struct Server {
-    /// `None` once killed and reaped.
-    child: Option<KillOnDrop>,
+    child: KillOnDrop,
     addr: SocketAddr,
 }
 
@@ -43,15 +42,14 @@ impl Server {
         let data = data.to_owned();
         let started = tokio::task::spawn_blocking(move || {
             let (child, addr) = spawn_binary(&data, &["--fsync", "always"]);
-            Server { child: Some(KillOnDrop(child)), addr }
+            Server { child: KillOnDrop(child), addr }
         });
         tokio::time::timeout(TIMEOUT, started).await.expect("the server starts in time").expect("spawn task")
     }
 
     /// SIGKILL, and waits for the process to be gone (so its lock on the log is released).
     async fn kill(mut self) {
-        let mut server = self.child.take().expect("a running server");
-        tokio::task::spawn_blocking(move || server.kill()).await.expect("killed");
+        tokio::task::spawn_blocking(move || self.child.kill()).await.expect("killed");
     }
 }
 

@@ -4,27 +4,19 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{KillOnDrop, Raw, TIMEOUT};
+use common::{KillOnDrop, Raw, TIMEOUT, spawn_command};
 
 /// `eventline serve` on a fresh data directory under `sh -c "ulimit ...; exec ..."`, with
 /// stderr piped; returns the process and its address.
 fn serve_with_ulimit(ulimit: &str, data: &std::path::Path) -> (KillOnDrop, SocketAddr) {
-    let script = format!("ulimit {ulimit} && exec \"$0\" serve --port 0 --log-level warn --data \"$1\"");
-    let mut child = Command::new("sh")
-        .args(["-c", &script, env!("CARGO_BIN_EXE_eventline")])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("address line");
-    let addr = line.trim().strip_prefix("listening on ").expect("listening").parse().expect("address");
+    let mut command = Command::new("sh");
+    let script = format!("ulimit {ulimit} && exec \"$0\" \"$@\"");
+    command.args(["-c", &script, env!("CARGO_BIN_EXE_eventline")]).stderr(Stdio::piped());
+    let (child, addr) = spawn_command(command, data, &[]);
     (KillOnDrop(child), addr)
 }
 

@@ -50,8 +50,7 @@ fn fsync_dir(dir: &Path) {
 
 /// The binary, serving on a port-0 listener; killed when dropped (if still running).
 struct Server {
-    /// `None` once killed and reaped.
-    child: Option<KillOnDrop>,
+    child: KillOnDrop,
     addr: SocketAddr,
 }
 
@@ -72,7 +71,7 @@ impl Server {
             let stdout = child.stdout.take().expect("stdout");
             std::io::BufReader::new(stdout).read_line(&mut line).expect("read the address line");
             match line.trim().strip_prefix("listening on ") {
-                Some(addr) => Ok(Server { child: Some(KillOnDrop(child)), addr: addr.parse().expect("an address") }),
+                Some(addr) => Ok(Server { child: KillOnDrop(child), addr: addr.parse().expect("an address") }),
                 None => {
                     let status = child.wait().expect("wait");
                     let stderr = std::fs::read_to_string(&log).unwrap_or_default();
@@ -85,8 +84,7 @@ impl Server {
 
     /// SIGKILL, and waits for the process to be gone (so no file on the mount is open).
     async fn kill(mut self) {
-        let mut server = self.child.take().expect("a running server");
-        tokio::task::spawn_blocking(move || server.kill()).await.expect("killed");
+        tokio::task::spawn_blocking(move || self.child.kill()).await.expect("killed");
     }
 }
 

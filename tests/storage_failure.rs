@@ -13,7 +13,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Raw, parse_ack, spawn_binary, wait_exit};
+use common::{Raw, parse_ack, spawn_binary, spawn_command, wait_exit};
 use eventline::config::StoreConfig;
 use eventline::store::Store;
 use tempfile::TempDir;
@@ -151,18 +151,9 @@ async fn a_full_disk_stops_acknowledgements_and_every_answer_is_true() {
 #[tokio::test]
 async fn a_dead_writer_thread_ends_the_process_with_a_clear_message() {
     let data = TempDir::new().expect("temp dir");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_eventline"))
-        .args(["serve", "--port", "0", "--log-level", "warn", "--data"])
-        .arg(data.path())
-        .env("EVENTLINE_FAULT_WRITER_PANIC_AT", "4")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut line)
-        .expect("address line");
-    let addr = line.trim().strip_prefix("listening on ").expect("listening").parse().expect("address");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_eventline"));
+    command.env("EVENTLINE_FAULT_WRITER_PANIC_AT", "4").stderr(std::process::Stdio::piped());
+    let (mut child, addr) = spawn_command(command, data.path(), &[]);
     let mut stderr = child.stderr.take().expect("stderr");
     let mut raw = Raw::connect(addr).await;
     for seq in 1..=3 {

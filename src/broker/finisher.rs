@@ -130,14 +130,11 @@ fn run(
         let synced = if head > durable { store.sync() } else { Ok(()) };
         // Once the log failed anywhere (here, in the writer, in a checkpoint), nothing more
         // is acknowledged, even what this fsync made durable.
-        let failure = match synced {
-            Err(failure) => Some(failure.to_string()),
-            Ok(()) if failed.load(Ordering::Acquire) => Some("the log failed elsewhere".to_owned()),
-            Ok(()) => None,
-        };
-        if let Some(failure) = failure {
-            failed.store(true, Ordering::Release);
+        if let Err(failure) = &synced {
             error!(error = %failure, "cannot make the log durable; no more events will be acknowledged");
+        }
+        if synced.is_err() || failed.load(Ordering::Acquire) {
+            failed.store(true, Ordering::Release);
             fatal.cancel();
             let rest = receiver.iter().filter_map(|handoff| match handoff {
                 Handoff::Written(batch) => Some(batch),

@@ -109,6 +109,29 @@ pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     })
 }
 
+/// fsyncs `dir`'s parent, `dir` and every directory below it: fjall creates its directory
+/// tree without syncing the entries, and the mark created next says the tree exists.
+pub(super) fn sync_tree(dir: &Path) -> Result<(), StoreError> {
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent)?;
+    }
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        sync_dir(&dir)?;
+        let entries = std::fs::read_dir(&dir).map_err(|source| StoreError::File {
+            path: dir.display().to_string(),
+            what: "cannot list the directory",
+            source,
+        })?;
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                pending.push(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,7 +52,7 @@ use crate::subject::{Filter, matches};
 use checkpoint::Checkpointer;
 pub use error::StoreError;
 pub use event::Event;
-use files::{DirLock, create_dir_durably, sync_dir};
+use files::{DirLock, create_dir_durably, sync_tree};
 use hwm::HighWaterMark;
 use index::{RunIndex, be_u64, entry_seqs, is_exact, key_seq, literal_prefix, name_of, seq_range};
 use run::{RUN_EVENTS, Run};
@@ -180,7 +180,7 @@ impl Store {
             HighWaterMark::open(&mark_path).map_err(|error| error.opening(&mark_path))?
         };
         let wal = Wal::open(&wal_dir).map_err(|error| error.opening(&wal_dir))?;
-        let store = Store {
+        let mut store = Store {
             db,
             events,
             index,
@@ -196,7 +196,6 @@ impl Store {
             _lock: lock,
         };
         let in_log = |error: StoreError| error.opening(&log_dir);
-        let mut store = store;
         store.repair_tails().map_err(in_log)?;
         let recovered = store.lock_wal().recover(store.last_seq().map_err(in_log)?).map_err(|e| e.opening(&wal_dir))?;
         for record in recovered {
@@ -268,10 +267,7 @@ impl Store {
         let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
         for guard in self.events.range(from.to_be_bytes()..=to.to_be_bytes()) {
             let (key, value) = guard.into_inner()?;
-            let run = Run::parse(be_u64(&key), Bytes::from(value))?;
-            let events = (run.first()..=run.last())
-                .map(|seq| run.event(seq)?.ok_or(StoreError::Corrupt { seq }))
-                .collect::<Result<Vec<_>, _>>()?;
+            let events = Run::parse(be_u64(&key), Bytes::from(value))?.events()?;
             let mut index = RunIndex::default();
             for event in &events {
                 index.add(&event.subject, event.seq, event.revision);
@@ -311,9 +307,7 @@ impl Store {
         if run.last() != record.first + record.count - 1 {
             return Err(StoreError::Corrupt { seq: record.first });
         }
-        let events = (run.first()..=run.last())
-            .map(|seq| run.event(seq)?.ok_or(StoreError::Corrupt { seq }))
-            .collect::<Result<Vec<_>, _>>()?;
+        let events = run.events()?;
         let ends: Vec<usize> = run.record_ends().collect();
         self.insert(&events, &record.events, &ends, &record.dedup, &[])
     }
@@ -425,8 +419,11 @@ impl Store {
             }
         }
         for entry in dedup {
-            // The revision too, so a duplicate is answered without reading its event.
-            let revision = events.iter().find(|event| event.seq == entry.seq).map(|event| event.revision);
+            // The revision too, so a duplicate is answered without reading its event (the
+            // batch's events are consecutive, so it is found by position).
+            let position = events.first().and_then(|first| entry.seq.checked_sub(first.seq));
+            let event = position.and_then(|i| events.get(usize::try_from(i).ok()?));
+            let revision = event.filter(|event| event.seq == entry.seq).map(|event| event.revision);
             batch.insert(&self.dedup, dedup_key(entry), dedup_value(entry.seq, revision));
         }
         for key in expired {
@@ -839,29 +836,6 @@ fn up_to_damage(mut chunk: Chunk, seq: u64, error: StoreError) -> Result<Chunk, 
     }
     chunk.next = seq;
     Ok(chunk)
-}
-
-/// fsyncs `dir`'s parent, `dir` and every directory below it: fjall creates its directory
-/// tree without syncing the entries, and the mark created next says the tree exists.
-fn sync_tree(dir: &Path) -> Result<(), StoreError> {
-    if let Some(parent) = dir.parent() {
-        sync_dir(parent)?;
-    }
-    let mut pending = vec![dir.to_owned()];
-    while let Some(dir) = pending.pop() {
-        sync_dir(&dir)?;
-        let entries = std::fs::read_dir(&dir).map_err(|source| StoreError::File {
-            path: dir.display().to_string(),
-            what: "cannot list the directory",
-            source,
-        })?;
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
-                pending.push(entry.path());
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Whether a log directory without a high-water mark holds events. A crash during the very

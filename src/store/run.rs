@@ -74,6 +74,14 @@ impl Run {
         };
         Event::decode(seq, self.value.slice(start..end)).map(Some)
     }
+
+    /// Every event of the run, in order.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] naming the first event whose checksum or framing does not hold.
+    pub(super) fn events(&self) -> Result<Vec<Event>, StoreError> {
+        (self.first..=self.last()).map(|seq| self.event(seq)?.ok_or(StoreError::Corrupt { seq })).collect()
+    }
 }
 
 /// Appends `event` as the next record of a run being built.

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{Session, lossy};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::catchup::{self, Sink};
@@ -72,20 +71,20 @@ impl Session {
 
     /// Starts a one-shot query delivering to `sink`, ended by a status on `end`.
     fn fetch(&self, end: Bytes, query: Query, sink: Sink) -> Result<(), Refusal> {
-        let turn = self.query_turn()?;
-        let log = self.broker.log.clone();
+        self.spawn_query(catchup::fetch(self.broker.log.clone(), query, sink, end))
+    }
+
+    /// Runs a query holding one of this connection's query permits, if it is not at its
+    /// limit.
+    fn spawn_query(&self, query: impl Future<Output = ()> + Send + 'static) -> Result<(), Refusal> {
+        let turn = Arc::clone(&self.queries)
+            .try_acquire_owned()
+            .map_err(|_| Refusal::TooManyReaders { kind: "queries", limit: MAX_QUERIES_PER_CONNECTION })?;
         tokio::spawn(async move {
-            catchup::fetch(log, query, sink, end).await;
+            query.await;
             drop(turn);
         });
         Ok(())
-    }
-
-    /// A permit to run one more query on this connection, if it is not at its limit.
-    fn query_turn(&self) -> Result<OwnedSemaphorePermit, Refusal> {
-        Arc::clone(&self.queries)
-            .try_acquire_owned()
-            .map_err(|_| Refusal::TooManyReaders { kind: "queries", limit: MAX_QUERIES_PER_CONNECTION })
     }
 
     /// A `$EL.` request from a NATS client library. Answers go to its reply subject: JSON
@@ -111,12 +110,7 @@ impl Session {
                 self.fetch(reply.clone(), query, sink)
             }),
             ApiRead::Last(last_of) => self.sink_for(&reply).and_then(|sink| {
-                let (turn, log, reply) = (self.query_turn()?, self.broker.log.clone(), reply.clone());
-                tokio::spawn(async move {
-                    catchup::last(log, last_of, sink, reply).await;
-                    drop(turn);
-                });
-                Ok(())
+                self.spawn_query(catchup::last(self.broker.log.clone(), last_of, sink, reply.clone()))
             }),
         };
         if let Err(refusal) = started {
