@@ -60,6 +60,9 @@ for rep in $(seq "$REPEATS"); do
         if [[ $name == eventline ]]; then
             run "$rep" apub-w1 eventline-always apub --server "$always_addr" "${common[@]}" --count "$APUB_W1_COUNT" --window 1
             run "$rep" apub-w1 eventline-never apub --server "$never_addr" "${common[@]}" --count "$APUB_W1_COUNT" --window 1
+            # The disk's fdatasync right beside them: with the never round trip, the floor
+            # under the always round trip.
+            printf '%s\tfsync\tdisk\t%s\n' "$rep" "$("$bin" bench fsync --dir "$work" --count 1000 --json)" >>"$results"
         else
             run "$rep" apub-w1 jetstream apub --target jetstream --server "$nats_addr" "${common[@]}" --count "$APUB_W1_COUNT" --window 1
         fi
@@ -97,9 +100,12 @@ import json, statistics, sys
 from collections import defaultdict
 
 runs = defaultdict(list)
+per_rep = {}
 for line in open(sys.argv[1]):
-    _rep, case, label, out = line.rstrip("\n").split("\t", 3)
+    rep, case, label, out = line.rstrip("\n").split("\t", 3)
     runs[case, label].append(json.loads(out))
+    if case in ("apub-w1", "fsync"):
+        per_rep[rep, label] = json.loads(out)
 
 rows = [
     # case, metric label, unit, value of one run
@@ -140,6 +146,20 @@ for case, metric, unit, value in rows:
     n = median(case, "eventline-never", value)
     j = median(case, "jetstream", value)
     print(f"{metric:<28}{unit:>6}{fmt(a, unit):>14}{fmt(n, unit):>13}{fmt(j, unit):>13}{ratio(a, j):>8}{ratio(n, j):>8}")
+# The window-1 floor: an always ack costs one fdatasync more than a never ack, and nothing
+# else. Per repeat, from runs made side by side: the always mean round trip over the disk's
+# fdatasync mean plus the never mean round trip.
+floors = []
+for rep in sorted({r for r, _ in per_rep}):
+    always, never, disk = (per_rep.get((rep, label)) for label in ("eventline-always", "eventline-never", "disk"))
+    if always and never and disk:
+        floor = disk["fdatasync_us"]["mean"] + never["ack_latency_us"]["mean"]
+        floors.append((always["ack_latency_us"]["mean"], floor))
+if floors:
+    ratios = sorted(a / f for a, f in floors)
+    print(f"apub w=1 --fsync always mean round trip over its floor (fdatasync mean + never mean), per repeat: "
+          + ", ".join(f"{a:.0f}/{f:.0f} us = {a / f:.2f}" for a, f in floors)
+          + f"; median {statistics.median(ratios):.2f}")
 counts = {label: len(v) for (case, label), v in runs.items() if case == "apub-w1"}
 print("(medians over repeats; ratio = eventline / JetStream: above 1 is better for msg/s and MB/s,")
 print(" below 1 is better for us and ms; runs per server in apub w=1: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")")
