@@ -106,6 +106,8 @@ pub struct StoreConfig {
     pub cache_bytes: u64,
     /// fjall's memtable size, per keyspace.
     pub memtable_bytes: u64,
+    /// Free space kept on the data directory's disk: below it, new events are refused.
+    pub min_free_bytes: u64,
 }
 
 /// The data directory of `eventline serve` when none is given.
@@ -124,6 +126,11 @@ pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 /// often that the p99 of stored delivery at 10 k msg/s rose from about 1.2 ms to 2-6 ms.
 pub const DEFAULT_MEMTABLE_BYTES: u64 = 32 * 1024 * 1024;
 
+/// Free space the log keeps on its disk (see `store::SpaceGuard`): room for fjall to flush
+/// a memtable of each keyspace (3 x 32 MiB), compact, and the write-ahead log to add a
+/// segment (16 MiB), with room to spare.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 256 * 1024 * 1024;
+
 impl StoreConfig {
     /// The defaults, for the log in `data`.
     pub fn new(data: impl Into<PathBuf>) -> StoreConfig {
@@ -134,6 +141,7 @@ impl StoreConfig {
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
             cache_bytes: DEFAULT_CACHE_BYTES,
             memtable_bytes: DEFAULT_MEMTABLE_BYTES,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
         }
     }
 }

@@ -14,8 +14,8 @@ use client::{ClientError, Conditions, Endpoint, Range, Subscription};
 use eventline::broker::Broker;
 use eventline::config::{
     BrokerConfig, Config, DEFAULT_DATA, DEFAULT_DEDUP_WINDOW, DEFAULT_HOST, DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_PENDING,
-    DEFAULT_PING_INTERVAL, DEFAULT_PORT, DEFAULT_RECENT_BYTES, DEFAULT_VOLATILE, DEFAULT_WRITE_DEADLINE,
-    DEFAULT_WRITER_SPIN, FsyncPolicy, Limits, ListenerConfig, StoreConfig,
+    DEFAULT_MIN_FREE_BYTES, DEFAULT_PING_INTERVAL, DEFAULT_PORT, DEFAULT_RECENT_BYTES, DEFAULT_VOLATILE,
+    DEFAULT_WRITE_DEADLINE, DEFAULT_WRITER_SPIN, FsyncPolicy, Limits, ListenerConfig, StoreConfig,
 };
 use eventline::subject::Filter;
 use tokio::net::TcpListener;
@@ -156,6 +156,12 @@ struct ServeArgs {
     /// or `never` (leave it to the OS).
     #[arg(long, default_value = "always", value_parser = fsync_policy)]
     fsync: FsyncPolicy,
+    /// Free bytes kept on the data directory's disk: below them, publishes to stored
+    /// subjects are refused (`insufficient storage`) while reads and volatile traffic go
+    /// on; they are stored again as soon as there is room. 0: no reserve (a full disk then
+    /// stops the server).
+    #[arg(long, default_value_t = DEFAULT_MIN_FREE_BYTES)]
+    min_free_bytes: u64,
     /// Subjects delivered live but never stored (repeatable); `$`-prefixed subjects always are.
     #[arg(long = "volatile", default_value = DEFAULT_VOLATILE, value_parser = filter)]
     volatile: Vec<Filter>,
@@ -252,7 +258,11 @@ impl ServeArgs {
                 ping_interval: Duration::from_secs_f64(self.ping_interval),
                 write_deadline: Duration::from_secs_f64(self.write_deadline),
             },
-            store: StoreConfig { fsync: self.fsync, ..StoreConfig::new(self.data) },
+            store: StoreConfig {
+                fsync: self.fsync,
+                min_free_bytes: self.min_free_bytes,
+                ..StoreConfig::new(self.data)
+            },
             broker: BrokerConfig {
                 volatile: self.volatile,
                 dedup_window: Duration::from_secs_f64(self.dedup_window),

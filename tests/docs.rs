@@ -70,6 +70,7 @@ fn every_refusal() -> Vec<(Refusal, Vec<(&'static str, &'static str)>)> {
         (Refusal::LastSubjectSequence { expected: 9001, actual: 9002 }, ea.clone()),
         (Refusal::Revision { expected: 9001, actual: 9002 }, ea),
         (Refusal::Changed { filter: text("F"), after: 9001, actual: 9002 }, vec![("9001", "P"), ("9002", "A")]),
+        (Refusal::InsufficientStorage, vec![]),
         (Refusal::StorageFailure, vec![]),
         (Refusal::MaybeStored, vec![]),
         (Refusal::ReadFailed(text("R")), vec![]),
@@ -100,6 +101,7 @@ fn every_refusal() -> Vec<(Refusal, Vec<(&'static str, &'static str)>)> {
             | Refusal::LastSubjectSequence { .. }
             | Refusal::Revision { .. }
             | Refusal::Changed { .. }
+            | Refusal::InsufficientStorage
             | Refusal::StorageFailure
             | Refusal::MaybeStored
             | Refusal::ReadFailed(_) => {}

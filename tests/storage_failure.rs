@@ -1,8 +1,11 @@
-//! A disk that fills up, with the real binary: each publish that cannot be written is
-//! answered with a storage failure that is true (`not stored` only if the event is not in
-//! the log after a restart), nothing is acknowledged after it, the server exits non-zero,
-//! and every event it did acknowledge is in the log, intact. And a writer thread that
-//! dies stops the server.
+//! A disk that fills up, with the real binary. With the free-space reserve, the server
+//! refuses new events (truly: none is in the log afterwards), goes on serving reads and
+//! volatile traffic, and stores events again soon after space is freed. Without it (the
+//! disk itself runs out), each publish that cannot be written is answered with a storage
+//! failure that is true (`not stored` only if the event is not in the log after a
+//! restart), nothing is acknowledged after it, the server exits non-zero, and every event
+//! it did acknowledge is in the log, intact. And a writer thread that dies stops the
+//! server.
 //!
 //! The full disk is a 24 MiB tmpfs (the write-ahead log's first segment takes 16 of them),
 //! mounted with `mount`, which needs root (CI runs as root). Where mounting is refused the
@@ -13,7 +16,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Raw, parse_ack, spawn_binary, spawn_command, wait_exit};
+use common::{KillOnDrop, Raw, parse_ack, spawn_binary, spawn_command, wait_exit};
 use eventline::config::StoreConfig;
 use eventline::store::Store;
 use tempfile::TempDir;
@@ -107,7 +110,9 @@ async fn a_full_disk_stops_acknowledgements_and_every_answer_is_true() {
     let data = disk.dir.path().join("data");
     let spawn_data = data.clone();
     let (child, addr) =
-        tokio::task::spawn_blocking(move || spawn_binary(&spawn_data, &["--fsync", "always"])).await.expect("spawn");
+        tokio::task::spawn_blocking(move || spawn_binary(&spawn_data, &["--fsync", "always", "--min-free-bytes", "0"]))
+            .await
+            .expect("spawn");
     let publishers: Vec<_> = (0..PUBLISHERS).map(|i| tokio::spawn(publish_until_refused(addr, i))).collect();
     let mut told = Vec::new();
     for publisher in publishers {
@@ -143,6 +148,94 @@ async fn a_full_disk_stops_acknowledgements_and_every_answer_is_true() {
             Some("-NAK 'storage failure: the event may have been stored'") | None => {}
             Some(other) => panic!("unexpected answer {other:?}"),
         }
+    }
+}
+
+/// Free bytes of the disk holding `path`.
+fn free_bytes(path: &Path) -> u64 {
+    let stats = rustix::fs::statvfs(path).expect("statvfs");
+    stats.f_bavail * stats.f_frsize
+}
+
+/// Below the reserve, publishes are refused as not stored and the server keeps serving
+/// reads and volatile subjects; once space is freed, publishes are stored again within
+/// 5 s; after a restart, the log holds every acknowledged event and no refused one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_reserve_writes_pause_reads_go_on_and_writing_resumes_once_space_is_freed() {
+    // Room for the write-ahead log to prepare a 16 MiB segment, as the default reserve has.
+    const RESERVE: u64 = 24 << 20;
+    let Some(disk) = Tmpfs::mount("96M") else {
+        eprintln!("storage_failure: skipped, cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let data = disk.dir.path().join("data");
+    let spawn_data = data.clone();
+    let (child, addr) = tokio::task::spawn_blocking(move || {
+        spawn_binary(&spawn_data, &["--fsync", "always", "--min-free-bytes", &RESERVE.to_string()])
+    })
+    .await
+    .expect("spawn");
+    let mut server = KillOnDrop(child);
+    // Leave about 2 MiB above the reserve: room for some 50 events of 40 kB.
+    let ballast = disk.dir.path().join("ballast");
+    let room = free_bytes(disk.dir.path()).checked_sub(RESERVE + (2 << 20)).expect("the tmpfs has room for ballast");
+    std::fs::write(&ballast, vec![0xa5u8; usize::try_from(room).expect("size")]).expect("write the ballast");
+
+    let mut raw = Raw::with_headers(addr).await;
+    let mut acked = Vec::new();
+    loop {
+        assert!(acked.len() < 1000, "the reserve was never reached");
+        let payload = incompressible(acked.len() as u64, 40_000);
+        raw.send(&format!("APUB disk.reserve {}\r\n{payload}\r\n", payload.len())).await;
+        let line = raw.line().await;
+        if line.starts_with("+ACK") {
+            acked.push((parse_ack(&line).0, payload));
+            continue;
+        }
+        assert_eq!(line, "-NAK 'insufficient storage: the event was not stored'");
+        break;
+    }
+    assert!(acked.len() > 10, "the reserve was reached too soon: {} acked", acked.len());
+
+    // Still serving: the connection is open and answers, reads return every stored event,
+    // volatile subjects are delivered, and more publishes are refused the same way.
+    raw.send("SUB _INBOX.reserve 9\r\nPUB _INBOX.reserve 5\r\nhello\r\n").await;
+    assert_eq!(raw.hmsg().await.payload, b"hello");
+    let (events, _) = raw.fetch("1", "disk.reserve limit=1000").await;
+    assert_eq!(events.len(), acked.len(), "every acknowledged event is readable");
+    for (event, (seq, payload)) in events.iter().zip(&acked) {
+        assert_eq!((event.seq(), event.payload.as_slice()), (*seq, payload.as_bytes()));
+    }
+    for i in 0..3 {
+        let payload = incompressible(10_000 + i, 40_000);
+        raw.send(&format!("APUB disk.reserve {}\r\n{payload}\r\n", payload.len())).await;
+        assert_eq!(raw.line().await, "-NAK 'insufficient storage: the event was not stored'");
+    }
+
+    // Space freed: writing resumes within 5 s.
+    std::fs::remove_file(&ballast).expect("remove the ballast");
+    let freed = std::time::Instant::now();
+    let resumed = loop {
+        assert!(freed.elapsed() < std::time::Duration::from_secs(5), "writing did not resume within 5 s");
+        let payload = incompressible(20_000 + freed.elapsed().as_millis() as u64, 1_000);
+        raw.send(&format!("APUB disk.reserve {}\r\n{payload}\r\n", payload.len())).await;
+        let line = raw.line().await;
+        if line.starts_with("+ACK") {
+            break (parse_ack(&line).0, payload);
+        }
+        assert_eq!(line, "-NAK 'insufficient storage: the event was not stored'");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(resumed.0, acked.last().expect("acks").0 + 1, "no refused event took a sequence");
+    acked.push(resumed);
+
+    server.kill();
+    let store = Store::open(&StoreConfig::new(&data), |_| {}).expect("the log opens");
+    // Every sequence is an acknowledged event: no refused one is in the log.
+    assert_eq!(store.last_seq().expect("last seq"), acked.len() as u64);
+    for (seq, payload) in &acked {
+        let event = store.get(*seq).expect("read").unwrap_or_else(|| panic!("acknowledged seq {seq} is missing"));
+        assert_eq!(event.payload, payload.as_bytes(), "payload of acknowledged seq {seq}");
     }
 }
 

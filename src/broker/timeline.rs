@@ -35,7 +35,7 @@ use crate::config::{
 };
 use crate::essential;
 use crate::protocol::Refusal;
-use crate::store::{DedupEntry, Event, Store, StoreError};
+use crate::store::{DedupEntry, Event, Shortage, SpaceGuard, Store, StoreError};
 use crate::subject::matches;
 
 /// The handle connections use to reach the writer.
@@ -90,6 +90,7 @@ impl Timeline {
             max_batch_bytes: WRITER_BATCH_BYTES.min(config.limits.max_pending / 4),
             spin: config.broker.writer_spin,
             store,
+            space: SpaceGuard::new(&config.store.data, config.store.min_free_bytes),
             dedup_window: nanos(config.broker.dedup_window),
             head,
             last_timestamp,
@@ -163,6 +164,8 @@ struct Writer {
     /// How long to look for the next request before parking (see [`next_request`]).
     spin: Duration,
     store: Arc<Store>,
+    /// Refuses new events while the disk is below its free-space reserve.
+    space: SpaceGuard,
     dedup_window: u64,
     head: u64,
     last_timestamp: u64,
@@ -228,7 +231,7 @@ impl Writer {
                 break;
             }
             let more_queued = !receiver.is_empty();
-            if let Err(failure) = self.commit(&mut batch, more_queued) {
+            if let Err(failure) = self.commit(&mut batch, bytes, more_queued) {
                 error!(error = %failure, "the event log failed; no more events will be acknowledged");
                 self.failed.store(true, Ordering::Release);
                 self.fatal.cancel();
@@ -274,8 +277,8 @@ impl Writer {
     /// But when no request is `more_queued` and the finisher holds nothing, this thread
     /// fsyncs, delivers and acknowledges the batch itself: the fsync has nothing to overlap
     /// with, and the hand-over would add a thread wake-up to every ack of a lone publisher.
-    fn commit(&mut self, batch: &mut Vec<Request>, more_queued: bool) -> Result<(), StoreError> {
-        let Admission { events, dedup, completions, sync } = self.admit_batch(batch)?;
+    fn commit(&mut self, batch: &mut Vec<Request>, bytes: usize, more_queued: bool) -> Result<(), StoreError> {
+        let Admission { events, dedup, completions, sync } = self.admit_batch(batch, bytes)?;
         let expired = match self.expire_dedup() {
             Ok(expired) => expired,
             Err(failure) => {
@@ -330,7 +333,8 @@ impl Writer {
 
     /// Checks the conditions of a batch's appends and assigns the admitted ones their
     /// sequences. A failure answers the whole batch with storage failures.
-    fn admit_batch(&mut self, batch: &mut Vec<Request>) -> Result<Admission, StoreError> {
+    fn admit_batch(&mut self, batch: &mut Vec<Request>, bytes: usize) -> Result<Admission, StoreError> {
+        let room = self.space.admit(bytes as u64);
         if self.subjects.len() > WRITER_SUBJECT_CACHE || self.subject_bytes > WRITER_SUBJECT_CACHE_BYTES {
             self.subjects.clear();
             self.subject_bytes = 0;
@@ -345,7 +349,7 @@ impl Writer {
                 Request::Appends(appends) => {
                     let mut appends = appends.into_iter();
                     while let Some(append) = appends.next() {
-                        let outcome = match self.admit(&append, &events) {
+                        let outcome = match self.admit(&append, &events, room) {
                             Ok(outcome) => outcome,
                             Err(failure) => {
                                 let rest = requests.flat_map(Request::into_appends);
@@ -367,11 +371,15 @@ impl Writer {
         Ok(Admission { events, dedup: new_dedup, completions, sync })
     }
 
-    /// Checks an append's conditions; dedup first, as JetStream does.
-    fn admit(&mut self, append: &Append, batch: &[Event]) -> Result<Outcome, StoreError> {
+    /// Checks an append's conditions; dedup first, as JetStream does (a duplicate stores
+    /// nothing, so it is answered even when the disk has no `room`).
+    fn admit(&mut self, append: &Append, batch: &[Event], room: Result<(), Shortage>) -> Result<Outcome, StoreError> {
         let options = &append.options;
         if let Some(&(seq, revision)) = options.msg_id.as_ref().and_then(|id| self.dedup.get(id)) {
             return Ok(Ok(Stored { seq, revision, duplicate: true }));
+        }
+        if room.is_err() {
+            return Ok(Err(Refusal::InsufficientStorage));
         }
         let subject = &append.message.subject;
         if let Some(expected) = options.expected_last_seq.filter(|&expected| expected != self.head) {

@@ -67,6 +67,10 @@ pub enum Refusal {
     StorageFailure,
     /// The log failed after the event's write-ahead record was written (fjall's write or
     /// the fsync failed): a restart may find it in the log. Nothing more is acknowledged.
+    /// The disk is below its free-space reserve; the server goes on and stores events
+    /// again once there is room (the HTTP code for it).
+    #[error("insufficient storage: the event was not stored")]
+    InsufficientStorage,
     #[error("storage failure: the event may have been stored")]
     MaybeStored,
     /// Reading the log failed while starting a reader.
@@ -86,6 +90,7 @@ impl Refusal {
             | Refusal::Changed { .. } => 409,
             Refusal::StorageFailure | Refusal::MaybeStored | Refusal::ReadFailed(_) => 503,
             Refusal::TooManyReaders { .. } => 429,
+            Refusal::InsufficientStorage => 507,
             _ => 400,
         }
     }

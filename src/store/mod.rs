@@ -37,6 +37,7 @@ mod files;
 mod hwm;
 mod index;
 mod run;
+mod space;
 mod wal;
 
 use std::path::Path;
@@ -56,6 +57,7 @@ use files::{DirLock, create_dir_durably, sync_tree};
 use hwm::HighWaterMark;
 use index::{RunIndex, be_u64, entry_seqs, is_exact, key_seq, literal_prefix, name_of, seq_range};
 use run::{RUN_EVENTS, Run};
+pub use space::{Shortage, SpaceGuard};
 use wal::{Encoded, Recovered, Wal};
 
 /// A message id remembered for deduplication.
